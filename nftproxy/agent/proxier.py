@@ -1,0 +1,223 @@
+"""Holds the objects the node knows, marks Services dirty as they change, and syncs them to the kernel.
+
+A sync recomputes the fragments of dirty Services only (the old fragment from the objects last
+committed, the new from the current ones), plans the difference against the committed claims and
+applies it as one transaction. The first sync and any sync after a failure rebuild the table whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ProxyConfig
+from ..desired.elements import EMPTY, Fragment
+from ..desired.translate import config_fragment, service_fragment
+from ..diff.committed import Committed
+from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
+from ..kernel import Kernel, KernelError
+from ..objects.model import EndpointSlice, Node, ObjectRef, Service
+from ..objects.parse import InvalidObject, object_ref, parse_endpoint_slice, parse_node, parse_service
+from ..transaction.transaction import Transaction
+
+log = logging.getLogger("nftproxy.proxier")
+
+ServiceInputs = tuple[Service, tuple[EndpointSlice, ...]]
+
+
+@dataclass(slots=True)
+class SyncResult:
+    rebuild: bool
+    operations: int
+    services_synced: int
+    seconds: float
+    script_bytes: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+class Proxier:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        kernel: Kernel,
+        on_invalid: Callable[[InvalidObject], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.on_invalid = on_invalid
+        self.services: dict[ObjectRef, Service] = {}
+        self.slices: dict[ObjectRef, EndpointSlice] = {}
+        self.slices_of: dict[ObjectRef, dict[ObjectRef, EndpointSlice]] = {}
+        self.node: Node | None = None
+        self.invalid: dict[tuple[str, ObjectRef], str] = {}  # what we already reported, to report once
+        self.committed_inputs: dict[ObjectRef, ServiceInputs] = {}
+        self.committed = Committed()
+        self.dirty: set[ObjectRef] = set()
+        self.needs_rebuild = True
+        self._reported_conflicts: set[tuple[str, str, str]] = set()
+
+    # --- object updates: parse, store, mark dirty ------------------------------------------------
+    def upsert_service(self, obj: Mapping[str, Any]) -> None:
+        ref = object_ref(obj)
+        try:
+            svc = parse_service(obj)
+        except InvalidObject as err:
+            self._report_invalid(err)
+            svc = None
+        else:
+            self.invalid.pop(("Service", ref), None)
+        if svc is None:
+            self.delete_service(ref)
+        elif self.services.get(ref) != svc:
+            self.services[ref] = svc
+            self.dirty.add(ref)
+
+    def delete_service(self, ref: ObjectRef) -> None:
+        if self.services.pop(ref, None) is not None or ref in self.committed_inputs:
+            self.dirty.add(ref)
+
+    def upsert_slice(self, obj: Mapping[str, Any]) -> None:
+        ref = object_ref(obj)
+        try:
+            sl = parse_endpoint_slice(obj)
+        except InvalidObject as err:
+            self._report_invalid(err)
+            sl = None
+        else:
+            self.invalid.pop(("EndpointSlice", ref), None)
+        if sl is None:
+            self.delete_slice(ref)
+            return
+        old = self.slices.get(ref)
+        if old == sl:
+            return
+        if old is not None and old.service != sl.service:
+            self._drop_slice(ref, old)
+        self.slices[ref] = sl
+        self.slices_of.setdefault(sl.service, {})[ref] = sl
+        self.dirty.add(sl.service)
+
+    def delete_slice(self, ref: ObjectRef) -> None:
+        old = self.slices.pop(ref, None)
+        if old is not None:
+            self._drop_slice(ref, old)
+
+    def _drop_slice(self, ref: ObjectRef, old: EndpointSlice) -> None:
+        group = self.slices_of.get(old.service, {})
+        group.pop(ref, None)
+        if not group:
+            self.slices_of.pop(old.service, None)
+        self.dirty.add(old.service)
+
+    def upsert_node(self, obj: Mapping[str, Any]) -> None:
+        try:
+            node = parse_node(obj)
+        except InvalidObject as err:
+            self._report_invalid(err)
+            return
+        if node.name == self.config.node_name and node != self.node:
+            self.node = node
+
+    def _report_invalid(self, err: InvalidObject) -> None:
+        key = (err.kind, err.ref)
+        if self.invalid.get(key) != str(err):
+            self.invalid[key] = str(err)
+            log.error("ignoring invalid object: %s", err)
+            if self.on_invalid is not None:
+                self.on_invalid(err)
+
+    # --- sync ---------------------------------------------------------------------------------------
+    def _inputs(self, ref: ObjectRef) -> ServiceInputs | None:
+        svc = self.services.get(ref)
+        if svc is None:
+            return None
+        return svc, tuple(sorted(self.slices_of.get(ref, {}).values(), key=lambda s: s.ref.name))
+
+    def _fragment(self, inputs: ServiceInputs | None) -> Fragment:
+        if inputs is None:
+            return EMPTY
+        return service_fragment(inputs[0], inputs[1], self.config)
+
+    @staticmethod
+    def _owner(inputs: ServiceInputs) -> str:
+        svc = inputs[0]
+        return service_owner(svc.creation, svc.ref.namespace, svc.ref.name)
+
+    def pending(self) -> bool:
+        return self.needs_rebuild or bool(self.dirty)
+
+    def compute(self) -> tuple[Plan, Transaction, dict[ObjectRef, ServiceInputs | None], bool]:
+        """Pure with respect to the kernel: what the next sync would send, and the inputs it commits."""
+        rebuild = self.needs_rebuild
+        refs = set(self.services) | set(self.committed_inputs) if rebuild else set(self.dirty)
+        new_inputs = {ref: self._inputs(ref) for ref in refs}
+        changes: list[Change] = []
+        if rebuild:
+            changes.append(Change(CONFIG_OWNER, EMPTY, config_fragment(self.config)))
+            for ref, inputs in new_inputs.items():
+                if inputs is not None:
+                    changes.append(Change(self._owner(inputs), EMPTY, self._fragment(inputs)))
+            the_plan = plan({}, {}, changes)
+        else:
+            for ref, inputs in new_inputs.items():
+                old = self.committed_inputs.get(ref)
+                if old == inputs:
+                    continue
+                old_owner = self._owner(old) if old else None
+                new_owner = self._owner(inputs) if inputs else None
+                if old_owner == new_owner:
+                    changes.append(Change(old_owner or "", self._fragment(old), self._fragment(inputs)))
+                else:
+                    if old is not None:
+                        changes.append(Change(old_owner or "", self._fragment(old), EMPTY))
+                    if inputs is not None:
+                        changes.append(Change(new_owner or "", EMPTY, self._fragment(inputs)))
+            the_plan = plan(self.committed.claims, self.committed.chains, changes)
+        return the_plan, Transaction.from_plan(the_plan, rebuild=rebuild), new_inputs, rebuild
+
+    def sync(self) -> SyncResult:
+        """Bring the kernel in step; on failure the next sync rebuilds the whole table."""
+        started = time.monotonic()
+        the_plan, tx, new_inputs, rebuild = self.compute()
+        script_bytes = 0
+        if not tx.is_empty():
+            try:
+                self.kernel.apply(tx)
+            except KernelError:
+                self.needs_rebuild = True
+                raise
+            script_bytes = getattr(self.kernel, "last_script_bytes", 0)
+        if rebuild:
+            self.committed = Committed()
+            self.committed_inputs = {}
+        self.committed.apply(the_plan)
+        for ref, inputs in new_inputs.items():
+            if inputs is None:
+                self.committed_inputs.pop(ref, None)
+            else:
+                self.committed_inputs[ref] = inputs
+        self.dirty.clear()
+        self.needs_rebuild = False
+        self._log_conflicts(the_plan.conflicts)
+        return SyncResult(
+            rebuild=rebuild,
+            operations=tx.operation_count(),
+            services_synced=len(new_inputs),
+            seconds=time.monotonic() - started,
+            script_bytes=script_bytes,
+            conflicts=the_plan.conflicts,
+        )
+
+    def _log_conflicts(self, conflicts: list[Conflict]) -> None:
+        for c in conflicts:
+            key = (c.loser, c.element.set, c.element.key)
+            if key in self._reported_conflicts:
+                continue
+            self._reported_conflicts.add(key)
+            log.warning(
+                "Service %s wants %s %s, already held by Service %s: ignored for it",
+                c.loser.split(" ", 1)[-1], c.element.set, c.element.key, c.winner.split(" ", 1)[-1] or "configuration",
+            )

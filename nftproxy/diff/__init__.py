@@ -1,0 +1,1 @@
+"""Diff: what must change in the kernel when some owners' fragments change."""

@@ -1,0 +1,1 @@
+"""Objects in: Kubernetes API objects parsed into plain immutable data."""

@@ -1,0 +1,310 @@
+"""Parse API objects (dicts exactly as the API serves them) into the immutable model.
+
+Every check names the object and the offending field, so a bad Service is rejected alone with a
+message a user can act on, and never reaches the translation that would break everyone's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .addresses import AddressError, parse_cidr, parse_ip
+from .model import (
+    PROTOCOLS,
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    Family,
+    Node,
+    ObjectRef,
+    Protocol,
+    Service,
+    ServicePort,
+)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as the API server defaults it
+MAX_AFFINITY_TIMEOUT = 86400
+
+
+class InvalidObject(ValueError):
+    """An API object nftproxy refuses, with enough context to say so in one log line or Event."""
+
+    def __init__(self, kind: str, ref: ObjectRef, field: str, message: str) -> None:
+        self.kind = kind
+        self.ref = ref
+        self.field = field
+        self.message = message
+        super().__init__(f"{kind} {ref}: {field}: {message}")
+
+
+def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
+    """namespace/name of any object; a manifest without a namespace lands in "default" like kubectl."""
+    meta = obj.get("metadata") or {}
+    return ObjectRef(str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+
+
+class _Checker:
+    """Field access that raises InvalidObject naming kind, object and field path."""
+
+    def __init__(self, kind: str, ref: ObjectRef) -> None:
+        self.kind = kind
+        self.ref = ref
+
+    def fail(self, field: str, message: str) -> InvalidObject:
+        return InvalidObject(self.kind, self.ref, field, message)
+
+    def mapping(self, value: Any, field: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(field, f"must be an object, got {type(value).__name__}")
+        return value
+
+    def sequence(self, value: Any, field: str) -> Sequence[Any]:
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise self.fail(field, f"must be a list, got {type(value).__name__}")
+        return value
+
+    def port(self, value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(field, f"must be an integer port, got {value!r}")
+        if not 1 <= value <= 65535:
+            raise self.fail(field, f"port {value} is outside 1-65535")
+        return value
+
+    def protocol(self, value: Any, field: str) -> Protocol:
+        if value is None:
+            return "tcp"
+        if value not in PROTOCOLS:
+            raise self.fail(field, f"unknown protocol {value!r} (accepted: TCP, UDP, SCTP)")
+        return PROTOCOLS[value]
+
+    def ip(self, value: Any, field: str) -> str:
+        try:
+            return str(parse_ip(value))
+        except AddressError as err:
+            raise self.fail(field, str(err)) from None
+
+
+def parse_service(obj: Mapping[str, Any]) -> Service | None:
+    """A Service with rules to program, or None for ExternalName and headless Services (no rules)."""
+    ref = object_ref(obj)
+    check = _Checker("Service", ref)
+    if not ref.name:
+        raise check.fail("metadata.name", "missing")
+    spec = check.mapping(obj.get("spec"), "spec")
+    svc_type = spec.get("type") or "ClusterIP"
+    if svc_type == "ExternalName":
+        return None
+    if svc_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        raise check.fail("spec.type", f"unknown type {svc_type!r} (accepted: ClusterIP, NodePort, LoadBalancer, ExternalName)")
+
+    raw_ips = check.sequence(spec.get("clusterIPs"), "spec.clusterIPs") or (
+        [spec["clusterIP"]] if spec.get("clusterIP") else []
+    )
+    if raw_ips and raw_ips[0] == "None":
+        return None
+    if not raw_ips:
+        raise check.fail("spec.clusterIP", "missing (the API server allocates one; a manifest must name it)")
+    cluster_ips = tuple(check.ip(ip, f"spec.clusterIPs[{i}]") for i, ip in enumerate(raw_ips))
+    families = [6 if ":" in ip else 4 for ip in cluster_ips]
+    if len(set(families)) != len(families):
+        raise check.fail("spec.clusterIPs", f"at most one address per family, got {list(cluster_ips)}")
+    declared = check.sequence(spec.get("ipFamilies"), "spec.ipFamilies")
+    for i, fam in enumerate(declared[: len(cluster_ips)]):
+        want = {"IPv4": 4, "IPv6": 6}.get(fam)
+        if want is None:
+            raise check.fail(f"spec.ipFamilies[{i}]", f"unknown family {fam!r} (accepted: IPv4, IPv6)")
+        if want != families[i]:
+            raise check.fail(f"spec.clusterIPs[{i}]", f"{cluster_ips[i]} is not an {fam} address")
+
+    node_ports_wanted = svc_type in ("NodePort", "LoadBalancer")
+    ports: list[ServicePort] = []
+    raw_ports = check.sequence(spec.get("ports"), "spec.ports")
+    if not raw_ports:
+        raise check.fail("spec.ports", "a Service with a cluster IP needs at least one port")
+    seen_names: set[str] = set()
+    seen_ports: set[tuple[str, int]] = set()
+    for i, raw in enumerate(raw_ports):
+        raw = check.mapping(raw, f"spec.ports[{i}]")
+        name = raw.get("name") or ""
+        if not isinstance(name, str):
+            raise check.fail(f"spec.ports[{i}].name", f"must be a string, got {name!r}")
+        if name in seen_names:
+            raise check.fail(f"spec.ports[{i}].name", f"duplicate port name {name!r}")
+        if len(raw_ports) > 1 and not name:
+            raise check.fail(f"spec.ports[{i}].name", "required when a Service has more than one port")
+        seen_names.add(name)
+        protocol = check.protocol(raw.get("protocol"), f"spec.ports[{i}].protocol")
+        port = check.port(raw.get("port"), f"spec.ports[{i}].port")
+        if (protocol, port) in seen_ports:
+            raise check.fail(f"spec.ports[{i}]", f"duplicate {protocol.upper()} port {port}")
+        seen_ports.add((protocol, port))
+        target = raw.get("targetPort")
+        if target is not None and not isinstance(target, str):
+            check.port(target, f"spec.ports[{i}].targetPort")
+        node_port = None
+        if node_ports_wanted and raw.get("nodePort") not in (None, 0):
+            node_port = check.port(raw.get("nodePort"), f"spec.ports[{i}].nodePort")
+        ports.append(ServicePort(name=name, protocol=protocol, port=port, node_port=node_port))
+
+    external_ips = tuple(
+        check.ip(ip, f"spec.externalIPs[{i}]")
+        for i, ip in enumerate(check.sequence(spec.get("externalIPs"), "spec.externalIPs"))
+    )
+    lb_ips: list[str] = []
+    if svc_type == "LoadBalancer":
+        status = check.mapping(obj.get("status"), "status")
+        lb = check.mapping(status.get("loadBalancer"), "status.loadBalancer")
+        for i, ing in enumerate(check.sequence(lb.get("ingress"), "status.loadBalancer.ingress")):
+            ing = check.mapping(ing, f"status.loadBalancer.ingress[{i}]")
+            if not ing.get("ip") or ing.get("ipMode") == "Proxy":
+                continue  # hostname-only, or the load balancer proxies itself: nothing to capture
+            lb_ips.append(check.ip(ing["ip"], f"status.loadBalancer.ingress[{i}].ip"))
+
+    etp = spec.get("externalTrafficPolicy")
+    if etp not in (None, "", "Cluster", "Local"):
+        raise check.fail("spec.externalTrafficPolicy", f"unknown policy {etp!r} (accepted: Cluster, Local)")
+    itp = spec.get("internalTrafficPolicy")
+    if itp not in (None, "", "Cluster", "Local"):
+        raise check.fail("spec.internalTrafficPolicy", f"unknown policy {itp!r} (accepted: Cluster, Local)")
+    hc_port = None
+    if spec.get("healthCheckNodePort") not in (None, 0):
+        hc_port = check.port(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort")
+
+    affinity_timeout = None
+    affinity = spec.get("sessionAffinity") or "None"
+    if affinity == "ClientIP":
+        cfg = check.mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+        client_ip = check.mapping(cfg.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+        timeout = client_ip.get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
+            raise check.fail(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                f"must be an integer from 1 to {MAX_AFFINITY_TIMEOUT}, got {timeout!r}",
+            )
+        affinity_timeout = timeout
+    elif affinity != "None":
+        raise check.fail("spec.sessionAffinity", f"unknown affinity {affinity!r} (accepted: None, ClientIP)")
+
+    source_ranges: list[str] = []
+    for i, cidr in enumerate(check.sequence(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")):
+        try:
+            source_ranges.append(str(parse_cidr(cidr.strip() if isinstance(cidr, str) else cidr)))
+        except AddressError as err:
+            raise check.fail(f"spec.loadBalancerSourceRanges[{i}]", str(err)) from None
+
+    meta = check.mapping(obj.get("metadata"), "metadata")
+    return Service(
+        ref=ref,
+        type=svc_type,
+        cluster_ips=cluster_ips,
+        ports=tuple(ports),
+        external_ips=tuple(dict.fromkeys(external_ips)),
+        load_balancer_ips=tuple(dict.fromkeys(lb_ips)),
+        external_traffic_local=etp == "Local" and (node_ports_wanted or bool(external_ips)),
+        internal_traffic_local=itp == "Local",
+        health_check_node_port=hc_port,
+        affinity_timeout=affinity_timeout,
+        source_ranges=tuple(dict.fromkeys(source_ranges)),
+        publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+        prefer_close=spec.get("trafficDistribution") == "PreferClose",
+        creation=str(meta.get("creationTimestamp") or ""),
+    )
+
+
+def _condition(conditions: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = conditions.get(name)
+    return default if value is None else bool(value)
+
+
+def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
+    """An EndpointSlice of a Service, or None for FQDN slices and slices that belong to no Service."""
+    ref = object_ref(obj)
+    check = _Checker("EndpointSlice", ref)
+    meta = check.mapping(obj.get("metadata"), "metadata")
+    labels = check.mapping(meta.get("labels"), "metadata.labels")
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if not service_name:
+        return None
+    address_type = obj.get("addressType")
+    if address_type == "FQDN":
+        return None
+    families: dict[Any, Family] = {"IPv4": 4, "IPv6": 6}
+    if address_type not in families:
+        raise check.fail("addressType", f"unknown address type {address_type!r} (accepted: IPv4, IPv6, FQDN)")
+    family = families[address_type]
+
+    ports: list[EndpointPort] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(check.sequence(obj.get("ports"), "ports")):
+        raw = check.mapping(raw, f"ports[{i}]")
+        name = raw.get("name") or ""
+        if name in seen:
+            raise check.fail(f"ports[{i}].name", f"duplicate port name {name!r}")
+        seen.add(name)
+        if raw.get("port") is None:
+            continue  # "all ports": nothing a proxy can map
+        ports.append(
+            EndpointPort(
+                name=name,
+                protocol=check.protocol(raw.get("protocol"), f"ports[{i}].protocol"),
+                port=check.port(raw.get("port"), f"ports[{i}].port"),
+            )
+        )
+
+    endpoints: list[Endpoint] = []
+    for i, raw in enumerate(check.sequence(obj.get("endpoints"), "endpoints")):
+        raw = check.mapping(raw, f"endpoints[{i}]")
+        addresses = check.sequence(raw.get("addresses"), f"endpoints[{i}].addresses")
+        if not addresses:
+            raise check.fail(f"endpoints[{i}].addresses", "must hold at least one address")
+        address = check.ip(addresses[0], f"endpoints[{i}].addresses[0]")
+        if (6 if ":" in address else 4) != family:
+            raise check.fail(f"endpoints[{i}].addresses[0]", f"{address} is not an {address_type} address")
+        conditions = check.mapping(raw.get("conditions"), f"endpoints[{i}].conditions")
+        ready = _condition(conditions, "ready", True)
+        hints_obj = check.mapping(raw.get("hints"), f"endpoints[{i}].hints")
+        zone_hints = None
+        if "forZones" in hints_obj:
+            zone_hints = tuple(
+                str(check.mapping(z, f"endpoints[{i}].hints.forZones[{j}]").get("name") or "")
+                for j, z in enumerate(check.sequence(hints_obj.get("forZones"), f"endpoints[{i}].hints.forZones"))
+            )
+        endpoints.append(
+            Endpoint(
+                address=address,
+                family=family,
+                ready=ready,
+                serving=_condition(conditions, "serving", ready),
+                terminating=_condition(conditions, "terminating", False),
+                node_name=raw.get("nodeName") or None,
+                zone=raw.get("zone") or None,
+                zone_hints=zone_hints,
+            )
+        )
+    return EndpointSlice(
+        ref=ref,
+        service=ObjectRef(ref.namespace, str(service_name)),
+        family=family,
+        ports=tuple(ports),
+        endpoints=tuple(endpoints),
+    )
+
+
+def parse_node(obj: Mapping[str, Any]) -> Node:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    name = meta.get("name")
+    if not name:
+        raise InvalidObject("Node", ObjectRef("", ""), "metadata.name", "missing")
+    return Node(
+        name=str(name),
+        zone=labels.get(ZONE_LABEL) or None,
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+    )

@@ -1,0 +1,1 @@
+"""Transaction: kernel operations rendered to one nft script, applied atomically."""
