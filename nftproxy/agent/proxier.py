@@ -60,6 +60,25 @@ class Proxier:
         self._reported_conflicts: set[tuple[str, str, str]] = set()
 
     # --- object updates: parse, store, mark dirty ------------------------------------------------
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        """Any object by its kind; kinds the proxy does not use are ignored."""
+        kind = obj.get("kind")
+        if kind == "Service":
+            self.upsert_service(obj)
+        elif kind == "EndpointSlice":
+            self.upsert_slice(obj)
+        elif kind == "Node":
+            self.upsert_node(obj)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        ref = ObjectRef(namespace, name)
+        if kind == "Service":
+            self.delete_service(ref)
+        elif kind == "EndpointSlice":
+            self.delete_slice(ref)
+        elif kind == "Node" and self.node is not None and self.node.name == name:
+            self.node = None
+
     def upsert_service(self, obj: Mapping[str, Any]) -> None:
         ref = object_ref(obj)
         try:

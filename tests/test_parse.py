@@ -1,0 +1,91 @@
+"""Parsing API objects: good ones normalised, bad ones refused with the object and field named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from nftproxy.objects.parse import InvalidObject, parse_endpoint_slice, parse_service
+
+from .objects import endpoint_slice, service
+
+
+def test_service_is_normalised() -> None:
+    svc = parse_service(service("web", "172.30.0.041", [
+        {"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"},
+    ], externalIPs=["198.18.0.150", "198.18.0.150"]))
+    assert svc is not None
+    assert svc.cluster_ips == ("172.30.0.41",), "leading zeros are read as decimal, as upstream does"
+    assert [(p.name, p.protocol, p.port) for p in svc.ports] == [("http", "tcp", 80), ("dns", "udp", 53)]
+    assert svc.external_ips == ("198.18.0.150",)
+
+
+def test_no_rules_for_external_name_and_headless() -> None:
+    assert parse_service(service("a", "None")) is None
+    ext = service("b", "198.19.0.1")
+    ext["spec"] = {"type": "ExternalName", "externalName": "example.org"}
+    assert parse_service(ext) is None
+
+
+def test_load_balancer_ingress_skips_proxy_mode_and_hostnames() -> None:
+    svc = parse_service(service("lb", "198.19.0.1", type="LoadBalancer", status={"loadBalancer": {"ingress": [
+        {"ip": "198.18.0.200"}, {"ip": "198.18.0.201", "ipMode": "Proxy"}, {"hostname": "lb.example"},
+        {"ip": "198.18.0.202", "ipMode": "VIP"},
+    ]}}))
+    assert svc is not None and svc.load_balancer_ips == ("198.18.0.200", "198.18.0.202")
+
+
+BAD_SERVICES = [
+    ("spec.clusterIPs[0]", lambda s: s["spec"].update(clusterIPs=["300.1.1.1"])),
+    ("spec.ports[0].port", lambda s: s["spec"]["ports"][0].update(port=0)),
+    ("spec.ports[0].port", lambda s: s["spec"]["ports"][0].update(port=65536)),
+    ("spec.ports[0].port", lambda s: s["spec"]["ports"][0].update(port="80")),
+    ("spec.ports[0].protocol", lambda s: s["spec"]["ports"][0].update(protocol="ICMP")),
+    ("spec.ports[1].name", lambda s: s["spec"]["ports"].append({"name": "http", "port": 81})),
+    ("spec.ports[1]", lambda s: s["spec"]["ports"].append({"name": "other", "port": 80})),
+    ("spec.ports", lambda s: s["spec"].update(ports=[])),
+    ("spec.clusterIP", lambda s: (s["spec"].pop("clusterIP"), s["spec"].pop("clusterIPs"))),
+    ("spec.clusterIPs[0]", lambda s: s["spec"].update(ipFamilies=["IPv6"])),
+    ("spec.externalIPs[0]", lambda s: s["spec"].update(externalIPs=["not-an-ip"])),
+    ("spec.type", lambda s: s["spec"].update(type="Magic")),
+    ("spec.ports[0].nodePort", lambda s: s["spec"].update(type="NodePort") or s["spec"]["ports"][0].update(nodePort=99999)),
+    ("spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+     lambda s: s["spec"].update(sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}})),
+    ("spec.loadBalancerSourceRanges[0]", lambda s: s["spec"].update(loadBalancerSourceRanges=["10.0.0.0/33"])),
+    ("spec.externalTrafficPolicy", lambda s: s["spec"].update(externalTrafficPolicy="Nearby")),
+]
+
+
+@pytest.mark.parametrize(("field", "breaker"), BAD_SERVICES, ids=[f for f, _ in BAD_SERVICES])
+def test_bad_service_names_object_and_field(field: str, breaker) -> None:
+    obj = copy.deepcopy(service("web", "198.19.0.10", namespace="shop"))
+    breaker(obj)
+    with pytest.raises(InvalidObject) as err:
+        parse_service(obj)
+    assert err.value.field == field
+    assert str(err.value).startswith("Service shop/web: " + field)
+
+
+def test_endpoint_slice_conditions_default_like_the_api() -> None:
+    obj = endpoint_slice("web", ["198.18.129.2", "198.18.129.3"])
+    obj["endpoints"][0]["conditions"] = {}
+    obj["endpoints"][1]["conditions"] = {"ready": False, "serving": True, "terminating": True}
+    sl = parse_endpoint_slice(obj)
+    assert sl is not None
+    first, second = sl.endpoints
+    assert (first.ready, first.serving, first.terminating) == (True, True, False)
+    assert (second.ready, second.serving, second.terminating) == (False, True, True)
+
+
+def test_endpoint_slice_ignored_or_refused() -> None:
+    assert parse_endpoint_slice(endpoint_slice("web", ["a.example"], address_type="FQDN")) is None
+    orphan = endpoint_slice("web", ["198.18.129.2"])
+    orphan["metadata"]["labels"] = {}
+    assert parse_endpoint_slice(orphan) is None
+    with pytest.raises(InvalidObject) as err:
+        parse_endpoint_slice(endpoint_slice("web", ["2001:db8::1"]))
+    assert err.value.field == "endpoints[0].addresses[0]" and "not an IPv4 address" in err.value.message
+    with pytest.raises(InvalidObject) as err:
+        parse_endpoint_slice(endpoint_slice("web", ["198.18.129.2"], ports=[{"name": "http", "port": 0}]))
+    assert err.value.field == "ports[0].port"
