@@ -8,7 +8,7 @@ import pytest
 
 from nftproxy.objects.parse import InvalidObject, parse_endpoint_slice, parse_service
 
-from .objects import endpoint_slice, service
+from e2e.objects import endpoint_slice, service
 
 
 def test_service_is_normalised() -> None:

@@ -13,7 +13,7 @@ from nftproxy.kernel import KernelError
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.objects.model import ObjectRef
 
-from .objects import endpoint_slice, service
+from e2e.objects import endpoint_slice, service
 
 CONFIG = ProxyConfig("node-1", cluster_cidrs=("198.18.128.0/17",), service_cidrs=("198.19.0.0/16",))
 
