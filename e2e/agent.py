@@ -63,7 +63,7 @@ class NodeAgent:
             "ip", "netns", "exec", self.node.netns, sys.executable, "-m", "nftproxy", "run",
             "--manifests", str(self.manifests.path), "--node-name", self.node.name,
             "--cluster-cidr", ",".join(cidrs), "--service-cidr", ",".join(services),
-            "--poll-interval", "0.1", *self.extra_args,
+            "--poll-interval", "0.1", "--min-sync-period", "0", *self.extra_args,
         ]
 
     def start(self, timeout: float = 15.0) -> NodeAgent:

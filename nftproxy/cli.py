@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
 import sys
-import time
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .config import ConfigError, ProxyConfig, default_node_name, parse_cidr_list
+from .configfile import FileSettings, load_config_file, parse_bind_address, parse_duration
 from .logs import setup_logging
 
 log = logging.getLogger("nftproxy")
 
-
-def _add_proxy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node-name", "--hostname-override", dest="node_name", default=None,
-                   help="this node's name (default: the host name)")
-    p.add_argument("--cluster-cidr", default="", help="pod CIDRs, comma-separated, at most one per family")
-    p.add_argument("--service-cidr", default="", help="Service CIDRs, comma-separated, at most one per family")
-    p.add_argument("--nodeport-addresses", default="",
-                   help="CIDRs whose local addresses accept NodePorts (default: every local address but loopback)")
-    p.add_argument("--masquerade-all", action="store_true", help="masquerade all traffic to Services")
-    p.add_argument("--log-format", choices=("plain", "json"), default="plain")
-
-
-def config_from_args(args: argparse.Namespace) -> ProxyConfig:
-    return ProxyConfig(
-        node_name=args.node_name or default_node_name(),
-        cluster_cidrs=parse_cidr_list("--cluster-cidr", args.cluster_cidr, one_per_family=True),
-        service_cidrs=parse_cidr_list("--service-cidr", args.service_cidr, one_per_family=True),
-        nodeport_cidrs=parse_cidr_list("--nodeport-addresses", args.nodeport_addresses, one_per_family=False),
-        masquerade_all=args.masquerade_all,
-    )
+DEFAULTS = {
+    "min_sync_period": "1s",
+    "sync_period": "1h",
+    "metrics_bind_address": "127.0.0.1:10249",
+    "healthz_bind_address": "0.0.0.0:10256",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="keep this node's nftables in step with Services and EndpointSlices")
-    run.add_argument("--manifests", help="read objects from a YAML/JSON file or directory instead of the API")
+    src = run.add_argument_group("where objects come from")
+    src.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then the in-cluster service account)")
+    src.add_argument("--manifests", help="read objects from a YAML/JSON file or directory instead of the API")
+    src.add_argument("--poll-interval", type=float, default=1.0, help="seconds between manifest re-reads")
+    run.add_argument("--config", help="a KubeProxyConfiguration YAML file; flags given explicitly override it")
     run.add_argument("--once", action="store_true", help="sync once and exit (0 on success)")
     run.add_argument("--dry-run", action="store_true", help="print the transaction instead of applying it")
-    run.add_argument("--poll-interval", type=float, default=1.0, help="seconds between manifest re-reads")
-    _add_proxy_flags(run)
+    run.add_argument("--node-name", "--hostname-override", dest="node_name", default=None,
+                     help="this node's name (default: the host name)")
+    run.add_argument("--cluster-cidr", default=None, help="pod CIDRs, comma-separated, at most one per family")
+    run.add_argument("--service-cidr", default=None,
+                     help="Service CIDRs, comma-separated, at most one per family: unallocated addresses are dropped")
+    run.add_argument("--nodeport-addresses", default=None,
+                     help="CIDRs whose local addresses accept NodePorts (default: every local address but loopback)")
+    run.add_argument("--masquerade-all", action="store_true", default=None, help="masquerade all traffic to Services")
+    run.add_argument("--min-sync-period", default=None, help="at most one sync per this period (default 1s; 0 allowed)")
+    run.add_argument("--sync-period", default=None, help="full rebuild every this period (default 1h)")
+    run.add_argument("--metrics-bind-address", default=None, help="host:port for /metrics (default 127.0.0.1:10249)")
+    run.add_argument("--healthz-bind-address", default=None,
+                     help="host:port for /healthz and /livez (default 0.0.0.0:10256)")
+    run.add_argument("--log-format", choices=("plain", "json"), default=None)
 
     cleanup = sub.add_parser("cleanup", help="remove everything nftproxy created, and nothing else")
     cleanup.add_argument("--log-format", choices=("plain", "json"), default="plain")
@@ -63,12 +68,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    proxy: ProxyConfig
+    min_sync_period: float
+    sync_period: float
+    metrics_bind: tuple[str, int] | None
+    healthz_bind: tuple[str, int] | None
+    kubeconfig: str | None
+    log_format: str
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Defaults, then the --config file, then flags given explicitly."""
+    file = load_config_file(args.config) if args.config else FileSettings()
+
+    def choose(flag: object, from_file: object, default: object) -> object:
+        return flag if flag is not None else (from_file if from_file is not None else default)
+
+    nodeport = args.nodeport_addresses if args.nodeport_addresses is not None else list(file.nodeport_addresses or ())
+    proxy = ProxyConfig(
+        node_name=str(choose(args.node_name, file.hostname_override, None) or default_node_name()),
+        cluster_cidrs=parse_cidr_list("--cluster-cidr", choose(args.cluster_cidr, file.cluster_cidr, ""), True),  # type: ignore[arg-type]
+        service_cidrs=parse_cidr_list("--service-cidr", args.service_cidr or "", True),
+        nodeport_cidrs=parse_cidr_list("--nodeport-addresses", nodeport, False),
+        masquerade_all=bool(choose(args.masquerade_all, file.masquerade_all, False)),
+    )
+    min_sync = parse_duration("--min-sync-period", choose(args.min_sync_period, file.min_sync_period, DEFAULTS["min_sync_period"]))
+    sync = parse_duration("--sync-period", choose(args.sync_period, file.sync_period, DEFAULTS["sync_period"]))
+    if sync <= 0:
+        raise ConfigError("--sync-period: must be greater than 0")
+    return RunSettings(
+        proxy=proxy,
+        min_sync_period=min_sync,
+        sync_period=sync,
+        metrics_bind=parse_bind_address("--metrics-bind-address", choose(
+            args.metrics_bind_address, file.metrics_bind_address, DEFAULTS["metrics_bind_address"])),
+        healthz_bind=parse_bind_address("--healthz-bind-address", choose(
+            args.healthz_bind_address, file.healthz_bind_address, DEFAULTS["healthz_bind_address"])),
+        kubeconfig=args.kubeconfig or file.kubeconfig,
+        log_format=str(choose(args.log_format, file.log_format, "plain")),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_format)
+    setup_logging(args.log_format or "plain")
     try:
         if args.command == "run":
-            return cmd_run(args)
+            settings = settings_from_args(args)
+            setup_logging(settings.log_format)
+            return cmd_run(args, settings)
         if args.command == "cleanup":
             return cmd_cleanup()
         if args.command == "demo":
@@ -99,7 +149,8 @@ def cmd_cleanup() -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_once(args: argparse.Namespace, settings: RunSettings) -> int:
+    """--once / --dry-run from manifests: one full sync, exit code says whether the kernel took it."""
     from .agent.manifest_source import ManifestSource
     from .agent.proxier import Proxier
     from .kernel import KernelError
@@ -107,58 +158,91 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .kernel.nft import NftablesKernel
     from .objects.manifests import ManifestError
 
-    config = config_from_args(args)
-    if not args.manifests:
-        log.error("watching the API server is not available yet: pass --manifests PATH")
-        return 2
-    source = ManifestSource(args.manifests)
     try:
-        changes = source.poll(strict=args.once or args.dry_run)
+        changes = ManifestSource(args.manifests).poll(strict=True)
     except ManifestError as err:
         log.error("%s", err)
         return 1
-    proxier = Proxier(config, FakeKernel() if args.dry_run else NftablesKernel())
+    proxier = Proxier(settings.proxy, FakeKernel() if args.dry_run else NftablesKernel())
     for obj in changes.upserts:
         proxier.upsert(obj)
     if args.dry_run:
-        _plan, tx, _inputs, _rebuild = proxier.compute()
-        sys.stdout.write(tx.render())
+        sys.stdout.write(proxier.compute()[1].render())
         return 0
-    stop = False
+    try:
+        result = proxier.sync()
+    except KernelError as err:
+        log.error("sync failed: %s", err)
+        return 1
+    log.info("synced %d Service(s): full rebuild, %d operation(s) in %.1f ms",
+             result.services_synced, result.operations, result.seconds * 1000)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
+    if args.once or args.dry_run:
+        if not args.manifests:
+            log.error("--once and --dry-run need --manifests PATH")
+            return 2
+        return cmd_once(args, settings)
+
+    from .agent.health import HealthState, serve_health
+    from .agent.loop import SyncLoop
+    from .agent.metrics import Metrics
+    from .agent.proxier import Proxier
+    from .agent.updates import Update
+    from .kernel.nft import NftablesKernel
+
+    stop = threading.Event()
+    updates: queue.Queue[Update] = queue.Queue()
+    metrics = Metrics()
+    health = HealthState(timeout=2 * settings.sync_period)
+    recorder = None
+
+    if args.manifests:
+        from .agent.manifest_source import ManifestSource
+        from .agent.manifest_watch import ManifestWatcher
+
+        sources = ["manifests"]
+        starters = [ManifestWatcher(ManifestSource(args.manifests), updates, stop, args.poll_interval)]
+    else:
+        from .agent.recorder import EventRecorder
+        from .kube_client import api_clients
+
+        core, discovery = api_clients(settings.kubeconfig)
+        from .agent.kube import ResourceWatcher
+
+        node = settings.proxy.node_name
+        starters = [
+            ResourceWatcher("Service", core.list_service_for_all_namespaces, updates, stop),
+            ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, updates, stop),
+            ResourceWatcher("Node", core.list_node, updates, stop, field_selector=f"metadata.name={node}"),
+        ]
+        sources = ["Service", "EndpointSlice", "Node"]
+        recorder = EventRecorder(core, node)
+
+    def on_invalid(err: object) -> None:
+        metrics.invalid_total.labels(getattr(err, "kind", "")).inc()
+        if recorder is not None:
+            recorder.invalid(err)  # type: ignore[arg-type]
+
+    proxier = Proxier(settings.proxy, NftablesKernel(), on_invalid=on_invalid)
+    loop = SyncLoop(proxier, updates, sources, settings.min_sync_period, settings.sync_period, health, metrics)
+    if settings.healthz_bind:
+        serve_health(health, *settings.healthz_bind)
+    if settings.metrics_bind:
+        metrics.serve(*settings.metrics_bind)
+        log.info("serving /metrics on %s:%d", *settings.metrics_bind)
 
     def _stop(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
         log.info("received %s: exiting, rules stay in place", signal.Signals(signum).name)
+        stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    while True:
-        if proxier.pending():
-            try:
-                result = proxier.sync()
-                log.info(
-                    "synced %d Service(s): %s, %d operation(s) in %.1f ms",
-                    result.services_synced, "full rebuild" if result.rebuild else "diff",
-                    result.operations, result.seconds * 1000,
-                )
-            except KernelError as err:
-                log.error("sync failed, the next sync rebuilds the table: %s", err)
-                if args.once:
-                    return 1
-        if args.once or stop:
-            return 0
-        deadline = time.monotonic() + args.poll_interval
-        while not stop and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if stop:
-            return 0
-        try:
-            changes = source.poll()
-        except ManifestError as err:
-            log.error("%s", err)
-            continue
-        for obj in changes.upserts:
-            proxier.upsert(obj)
-        for kind, namespace, name in changes.deletes:
-            proxier.delete(kind, namespace, name)
+    log.info("nftproxy on node %s, objects from %s", settings.proxy.node_name,
+             args.manifests or "the Kubernetes API")
+    for starter in starters:
+        starter.start()
+    loop.run(stop)
+    return 0

@@ -36,6 +36,7 @@ class SyncResult:
     seconds: float
     script_bytes: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
+    synced_refs: list[ObjectRef] = field(default_factory=list)
 
 
 class Proxier:
@@ -228,6 +229,7 @@ class Proxier:
             seconds=time.monotonic() - started,
             script_bytes=script_bytes,
             conflicts=the_plan.conflicts,
+            synced_refs=list(new_inputs),
         )
 
     def _log_conflicts(self, conflicts: list[Conflict]) -> None:
