@@ -405,6 +405,39 @@ def test_watch_selectors_turn_label_changes_into_added_deleted(api: ApiServerSta
     col.stop()
 
 
+def test_watch_wire_format_is_chunked_ndjson(api: ApiServerStandin, core: client.CoreV1Api) -> None:
+    core.create_namespaced_service("default", svc("wire"))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = api.url + "/api/v1/namespaces/default/services?watch=1&timeoutSeconds=1&allowWatchBookmarks=true"
+    with opener.open(url, timeout=10) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert resp.headers["Content-Type"] == "application/json"
+        lines = [json.loads(line) for line in resp.read().decode().splitlines() if line]
+    assert lines[0]["type"] == "ADDED" and lines[0]["object"]["kind"] == "Service"
+    assert lines[0]["object"]["metadata"]["name"] == "wire"
+    assert lines[-1]["type"] == "BOOKMARK"
+
+
+def test_label_and_field_selector_grammar(core: client.CoreV1Api) -> None:
+    for name, labels in (("a", {"tier": "web", "env": "prod"}), ("b", {"tier": "db"}), ("c", {})):
+        core.create_namespaced_service("default", client.V1Service(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)])))
+
+    def names(**kw: Any) -> list[str]:
+        return [s.metadata.name for s in core.list_namespaced_service("default", **kw).items]
+
+    assert names(label_selector="tier") == ["a", "b"]
+    assert names(label_selector="!tier") == ["c"]
+    assert names(label_selector="tier!=web") == ["b", "c"]
+    assert names(label_selector="tier notin (web)") == ["b", "c"]
+    assert names(label_selector="tier in (web, db),env==prod") == ["a"]
+    assert names(field_selector="metadata.name!=a") == ["b", "c"]
+    assert names(field_selector="metadata.namespace=default,metadata.name=c") == ["c"]
+    status, body = error_of(lambda: core.list_namespaced_service("default", field_selector="spec.ports=1"))
+    assert status == 400 and body["reason"] == "BadRequest"
+
+
 def test_compact_makes_resumed_watch_410(api: ApiServerStandin, core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", svc("a"))
     old_rv = core.list_namespaced_service("default").metadata.resource_version
@@ -508,8 +541,9 @@ def _raw(api: ApiServerStandin, method: str, path: str, body: Any = None,
     """Plain HTTP, for bodies the v37 client's pydantic checks would refuse to send."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(api.url + path, data=data, method=method, headers={"Content-Type": ctype})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with opener.open(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read()), resp.headers.get_all("Warning") or []
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read()), err.headers.get_all("Warning") or []
@@ -571,8 +605,11 @@ def test_kubectl_create_get_delete(api: ApiServerStandin, tmp_path: Any) -> None
     got = kubectl("get", "svc", "kc", "-o", "json")
     assert got.returncode == 0, got.stderr
     assert ipaddress.ip_address(json.loads(got.stdout)["spec"]["clusterIP"]) in ipaddress.ip_network(CIDR)
-    table = kubectl("get", "svc")
-    assert table.returncode == 0 and "kc" in table.stdout
+    table = kubectl("get", "svc", "-o", "wide")  # server-side printing: the real columns
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]
+    assert row.split()[:2] == ["kc", "NodePort"] and row.split()[-1] == "app=kc"
     out = kubectl("apply", "-f", str(manifest))
     assert out.returncode == 0, out.stderr
     out = kubectl("delete", "-f", str(manifest))

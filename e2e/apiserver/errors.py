@@ -178,7 +178,7 @@ def gone(message: str) -> ApiError:
 
 def unsupported_media_type(content_type: str, accepted: list[str]) -> ApiError:
     return ApiError(415, "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types include: "
+                    "the body of the request was in an unknown format - accepted media types include: "
                     + ", ".join(accepted))
 
 

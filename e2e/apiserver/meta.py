@@ -81,7 +81,7 @@ def validate_object_meta(meta: dict[str, Any], namespaced: bool, name_rule: str)
             if kerr:
                 errs.append(invalid("metadata.labels", k, kerr))
             if not isinstance(v, str):
-                errs.append(invalid(f"metadata.labels", v, "label values must be strings"))
+                errs.append(invalid("metadata.labels", v, "label values must be strings"))
             elif label_value_error(v):
                 errs.append(invalid("metadata.labels", v, label_value_error(v) or ""))
     annotations = meta.get("annotations") or {}

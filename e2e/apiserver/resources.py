@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import services
-from .errors import FieldError, forbidden, invalid, not_supported, required, too_many
+from .errors import FieldError, invalid, not_supported, required, too_many
 from .meta import name_errors
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")

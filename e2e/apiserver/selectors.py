@@ -157,13 +157,13 @@ class LabelSelector:
                         i += 1
                     if not values:
                         raise bad_request(
-                            f"unable to parse requirement: for 'in', 'notin' operators, values set can't be empty")
+                            "unable to parse requirement: for 'in', 'notin' operators, values set can't be empty")
                     reqs.append(Requirement(key, op, tuple(values)))
                 elif tokens[i] in (">", "<"):
                     value = word(i + 1)
                     if not re.fullmatch(r"-?\d+", value):
-                        raise bad_request(f"unable to parse requirement: for 'Gt', 'Lt' operators, "
-                                          f"the value must be an integer")
+                        raise bad_request("unable to parse requirement: for 'Gt', 'Lt' operators, "
+                                          "the value must be an integer")
                     reqs.append(Requirement(key, "gt" if tokens[i] == ">" else "lt", (value,)))
                     i += 2
                 else:

@@ -32,10 +32,11 @@ from . import errors
 from .errors import ApiError
 from . import schema
 from .patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge_patch
-from .resources import RESOURCES, ResourceType, find, group_versions
+from .resources import ResourceType, find, group_versions
 from .selectors import FieldSelector, LabelSelector
 from .services import Allocator
 from .store import Store, Watcher
+from .tables import table, wanted_table_version
 
 SERVER_VERSION = {
     "major": "1",
@@ -254,17 +255,16 @@ class _Handler(BaseHTTPRequestHandler):
                 raise errors.service_unavailable()
             self._route(method, unquote(split.path), body)
         except ApiError as err:
-            self._safe(lambda: self._send_error(err))
+            self._safe(self._send_error, err)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # an internal bug must still answer a Status, as the real server does
             traceback.print_exc()
-            self._safe(lambda: self._send_error(ApiError(500, "InternalError",
-                                                         f"Internal error occurred: {exc!r}")))
+            self._safe(self._send_error, ApiError(500, "InternalError", f"Internal error occurred: {exc!r}"))
 
-    def _safe(self, fn: Callable[[], None]) -> None:
+    def _safe(self, fn: Callable[[ApiError], None], err: ApiError) -> None:
         try:
-            fn()
+            fn(err)
         except OSError:
             self.close_connection = True
 
@@ -377,7 +377,12 @@ class _Handler(BaseHTTPRequestHandler):
         if sub == "finalize" and method != "PUT":
             raise errors.method_not_allowed()
         if method == "GET":
-            self._send_json(200, store.get(rtype, namespace, name))
+            obj = store.get(rtype, namespace, name)
+            as_table = wanted_table_version(self.headers.get("Accept") or "") if sub is None else None
+            if as_table:
+                obj = table(rtype, as_table, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                            self._query.get("includeObject") or "Metadata")
+            self._send_json(200, obj)
         elif method == "PUT":
             obj = self._typed(rtype, self._decode(body))
             self._send_json(200, store.update(rtype, namespace, name, obj, sub, dry_run))
@@ -408,6 +413,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return json.loads(body)
         except (ValueError, yaml.YAMLError) as exc:
             raise errors.bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
+        if "protobuf" in ctype or "cbor" in ctype:
+            # A real server takes these; the stand-in speaks JSON/YAML only (see the package docstring).
+            raise errors.ApiError(415, "UnsupportedMediaType",
+                                  f"the API server stand-in does not decode {ctype} request bodies; send JSON "
+                                  f"(e.g. kubectl create -f / apply -f instead of kubectl create <generator>)")
         raise errors.unsupported_media_type(ctype, ["application/json", "application/yaml"])
 
     def _typed(self, rtype: ResourceType, body: Any) -> Any:
@@ -482,6 +492,10 @@ class _Handler(BaseHTTPRequestHandler):
         for item in items:  # list items carry no TypeMeta on the wire
             item.pop("kind", None)
             item.pop("apiVersion", None)
+        as_table = wanted_table_version(self.headers.get("Accept") or "")
+        if as_table:
+            self._send_json(200, table(rtype, as_table, items, meta, q.get("includeObject") or "Metadata"))
+            return
         self._send_json(200, {"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version, "metadata": meta,
                               "items": items})
 
@@ -638,6 +652,8 @@ class _Handler(BaseHTTPRequestHandler):
         deadline = started + timeout if timeout else None
         interval = standin.bookmark_interval
         next_bookmark = started + interval
+        as_table = wanted_table_version(self.headers.get("Accept") or "")
+        first_row = True
 
         def bookmark(rv: int, initial_end: bool = False) -> None:
             meta: dict[str, Any] = {"resourceVersion": str(rv), "creationTimestamp": None}
@@ -674,7 +690,12 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             if kind == "event":
                 etype, obj = payload
-                self._write_chunk(_dumps({"type": etype, "object": rtype.view(obj)}))
+                shown = rtype.view(obj)
+                if as_table:  # kubectl get -w: each event carries a one-row Table
+                    shown = table(rtype, as_table, [shown], {"resourceVersion": shown["metadata"]["resourceVersion"]},
+                                  self._query.get("includeObject") or "Metadata", with_columns=first_row)
+                    first_row = False
+                self._write_chunk(_dumps({"type": etype, "object": shown}))
             elif kind == "bookmark":
                 rv, initial_end = payload
                 bookmark(rv, initial_end)
@@ -827,10 +848,18 @@ class ApiServerStandin:
         os.replace(tmp, path)
 
     def client(self) -> Any:
-        """A `kubernetes.client.ApiClient` configured from this server's kubeconfig."""
+        """A `kubernetes.client.ApiClient` configured from this server's kubeconfig.
+
+        Loopback is added to no_proxy: the v37 client picks proxies up from the
+        environment, and a proxy must never see traffic meant for the stand-in.
+        """
+        from kubernetes import client as k8s_client
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=self.kubeconfig_path)
+        cfg = k8s_client.Configuration()
+        config.load_kube_config(config_file=self.kubeconfig_path, client_configuration=cfg)
+        cfg.no_proxy = ",".join(p for p in (cfg.no_proxy, "127.0.0.1", "localhost", "::1") if p)
+        return k8s_client.ApiClient(cfg)
 
     # --- state access for tests --------------------------------------------------------
     @property

@@ -419,7 +419,7 @@ class Allocator:
             assert cidr is not None
             ip = self._pick_ip(cidr, used)
             if ip is None:
-                return [invalid("spec.clusterIPs", ips, f"failed to allocate a serviceIP: range is full")]
+                return [invalid("spec.clusterIPs", ips, "failed to allocate a serviceIP: range is full")]
             used.add(ip)
             out.append(str(ip))
         spec.update(clusterIP=out[0], clusterIPs=out, ipFamilies=fams, ipFamilyPolicy=policy)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import queue
 import random
-import string
 import threading
 import time
 import uuid
