@@ -44,12 +44,15 @@ class ManifestDir:
 
 
 class NodeAgent:
-    """One `nftproxy run` process in a node namespace; counts its syncs from its log."""
+    """One `nftproxy run` process in a node namespace; counts its syncs from its log.
 
-    def __init__(self, cluster: NamespaceCluster, node: Node, manifests: ManifestDir, *extra_args: str) -> None:
+    `source_args` says where objects come from: ["--manifests", DIR] or ["--kubeconfig", FILE].
+    """
+
+    def __init__(self, cluster: NamespaceCluster, node: Node, source_args: list[str], *extra_args: str) -> None:
         self.cluster = cluster
         self.node = node
-        self.manifests = manifests
+        self.source_args = source_args
         self.extra_args = extra_args
         self.lines: list[str] = []
         self.syncs = 0
@@ -61,18 +64,20 @@ class NodeAgent:
         services = [c for c in (self.cluster.service_cidr, self.cluster.service_cidr6) if c]
         return [
             "ip", "netns", "exec", self.node.netns, sys.executable, "-m", "nftproxy", "run",
-            "--manifests", str(self.manifests.path), "--node-name", self.node.name,
+            *self.source_args, "--node-name", self.node.name,
             "--cluster-cidr", ",".join(cidrs), "--service-cidr", ",".join(services),
             "--poll-interval", "0.1", "--min-sync-period", "0", *self.extra_args,
         ]
 
-    def start(self, timeout: float = 15.0) -> NodeAgent:
+    def start(self, timeout: float = 15.0, wait: bool = True) -> NodeAgent:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.process = subprocess.Popen(
             self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT
         )
+        self.syncs = 0
         threading.Thread(target=self._read, daemon=True).start()
-        self.wait_synced(0, timeout)
+        if wait:
+            self.wait_synced(0, timeout)
         return self
 
     def _read(self) -> None:
@@ -120,7 +125,8 @@ class AgentCluster:
     def __init__(self, cluster: NamespaceCluster, *extra_args: str) -> None:
         self.cluster = cluster
         self.manifests = ManifestDir()
-        self.agents = [NodeAgent(cluster, node, self.manifests, *extra_args) for node in cluster.nodes]
+        source = ["--manifests", str(self.manifests.path)]
+        self.agents = [NodeAgent(cluster, node, source, *extra_args) for node in cluster.nodes]
 
     def start(self) -> AgentCluster:
         for agent in self.agents:

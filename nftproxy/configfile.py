@@ -28,6 +28,8 @@ def parse_duration(field: str, value: Any) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip()
+        if text.startswith("-"):
+            raise ConfigError(f"{field}: must not be negative, got {value!r}")
         try:
             seconds = float(text)
         except ValueError:

@@ -13,6 +13,9 @@ What it does, step by step (each step prints what it did):
 5. removes everything it created: agents, namespaces, temporary directories (also on Ctrl-C, SIGTERM
    and errors). With `--keep` the cluster stays up until Ctrl-C, with commands to poke at it.
 
+The work happens in a worker process of its own session (`python -m nftproxy.demo --worker`), so that
+a Ctrl-C at the terminal reaches only `nftproxy demo`, which passes it on once: see run_demo.
+
 Everything happens inside namespaces the harness creates (`nfp-<id>-*`); the host's own network
 namespace is never touched and traffic only flows between the demo's namespaces (RFC 2544 addresses,
 198.18.0.0/15).
@@ -32,7 +35,8 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -65,6 +69,31 @@ class Stopped(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+_READY_FD_ENV = "NFTPROXY_DEMO_READY_FD"
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM until the block is done, so the harness is never interrupted half-way through
+    creating something it has not recorded yet (its own cleanup could not find it)."""
+    got: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: got.append(signum)) for signum in _SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if got:
+        if got[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Stopped(got[0])
 
 
 # --------------------------------------------------------------------------- #
@@ -202,7 +231,7 @@ class Demo:
         finally:
             # a second Ctrl-C must not leave half the namespaces behind: ignore signals while tearing down
             # (children started now inherit SIG_IGN, so `ip netns del` is not interrupted either)
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for signum in _SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
             try:
                 if not self._cleanup() and code == EXIT_OK:
@@ -213,14 +242,11 @@ class Demo:
         return code
 
     def _install_signal_handlers(self) -> dict[int, Any]:
-        def stop(signum: int, _frame: object) -> None:
-            raise Stopped(signum)
-
         previous = {}
         for signum, handler in (
             (signal.SIGINT, signal.default_int_handler),
-            (signal.SIGTERM, stop),
-            (signal.SIGHUP, stop),
+            (signal.SIGTERM, _raise_stopped),
+            (signal.SIGHUP, _raise_stopped),
         ):
             previous[signum] = signal.signal(signum, handler)
         return previous
@@ -266,7 +292,8 @@ class Demo:
         if shutil.which("ip") is None:
             raise CannotRun("the `ip` tool is not in PATH (install iproute2)")
         try:
-            require_root_and_netns()
+            with _signals_deferred():  # it builds (and removes) two namespaces to see whether it can
+                require_root_and_netns()
         except HarnessError as err:
             raise CannotRun(str(err).replace("kernel tests need", "the demo needs")) from None
 
@@ -277,16 +304,18 @@ class Demo:
 
         t = self.t
         t.step(1, "Building the cluster")
-        self.cluster = NamespaceCluster(nodes=2)
+        with _signals_deferred():
+            self.cluster = NamespaceCluster(nodes=2)
         cluster = self.cluster
         n1, n2 = cluster.nodes
         t.say(f"      namespaces {t.cyan(cluster.prefix + '-*')}, LAN {cluster.lan_cidr}, "
               f"pod network {cluster.cluster_cidr}, Services {cluster.service_cidr}")
         for node in cluster.nodes:
             t.say(f"      {t.bold(node.name)}  {node.ip:<14} pods {node.pod_cidr}")
-        self.web = [cluster.add_pod(n1, "web-1"), cluster.add_pod(n2, "web-2"), cluster.add_pod(n1, "web-3")]
-        self.client_pod = cluster.add_pod(n1, "client", tcp=(), udp=())
-        self.outside = cluster.add_client("outside")
+        with _signals_deferred():
+            self.web = [cluster.add_pod(n1, "web-1"), cluster.add_pod(n2, "web-2"), cluster.add_pod(n1, "web-3")]
+            self.client_pod = cluster.add_pod(n1, "client", tcp=(), udp=())
+            self.outside = cluster.add_client("outside")
         pods = "  ".join(f"{t.bold(p.name)} {p.ip} ({p.node.name})" for p in self.web)
         t.say(f"      pods     {pods}")
         t.say(t.dim(f"               HTTP on :{POD_PORT}; each answers with its name and the client address it saw"))
@@ -332,8 +361,9 @@ class Demo:
 
         t = self.t
         t.step(2, "Services and an nftproxy agent per node")
-        self.agents = AgentCluster(self.cluster)
-        self.manifest_dir = self.agents.manifests.path
+        with _signals_deferred():
+            self.agents = AgentCluster(self.cluster)
+            self.manifest_dir = self.agents.manifests.path
         t.say(f"      manifests in {t.cyan(str(self.manifest_dir) + '/')}, one file per Service "
               "with its EndpointSlice:")
         for kind, name, frontends, objects in self._manifests():
@@ -342,7 +372,8 @@ class Demo:
         t.say(t.dim(f"      every EndpointSlice lists {', '.join(p.name for p in self.web)} (port {POD_PORT})"))
         t.say("      starting " + t.cyan("nftproxy run --manifests DIR") + " in each node's namespace ...")
         for agent in self.agents.agents:
-            agent.start()
+            with _signals_deferred():  # the agent process is recorded as soon as it exists
+                agent.start()
             synced = [line for line in agent.log_text().splitlines() if "synced" in line]
             what = synced[-1].split("nftproxy: ", 1)[-1] if synced else "synced"
             t.say(f"      {agent.node.name}: {what}")
@@ -377,8 +408,9 @@ class Demo:
         t.step(3, f"Traffic: {REQUESTS} requests through each Service (a new TCP connection each)")
         n1, n2 = self.cluster.nodes
         # the outside client knows no Service addresses: as a router would, send them to a node
-        self.cluster.add_route(self.outside, f"{EXTERNAL_IP}/32", n2.ip)
-        self.cluster.add_route(self.outside, f"{LB_IP}/32", n1.ip)
+        with _signals_deferred():
+            self.cluster.add_route(self.outside, f"{EXTERNAL_IP}/32", n2.ip)
+            self.cluster.add_route(self.outside, f"{LB_IP}/32", n1.ip)
         t.say(t.dim(f"      (the outside client got routes: {EXTERNAL_IP} via {n2.name}, {LB_IP} via {n1.name})"))
         self.checks = self._make_checks()
         for check in self.checks:
@@ -548,9 +580,13 @@ class Demo:
         t.say()
         shown = {a.node.name: len(a.log_text().splitlines()) for a in self.agents.agents}
         exited: set[str] = set()
+        parent = os.getppid()
         try:
             while True:
                 time.sleep(0.3)
+                if os.getppid() != parent:
+                    t.say(t.bold("The `nftproxy demo` process went away: tearing the demo cluster down."))
+                    return
                 for agent in self.agents.agents:
                     lines = agent.log_text().splitlines()
                     for line in lines[shown[agent.node.name]:]:
@@ -656,5 +692,85 @@ def _probe_command_prefix() -> tuple[str, str]:
 
 
 def run_demo(keep: bool = False) -> int:
-    """`nftproxy demo [--keep]`: see the module docstring. Returns the exit status."""
-    return Demo(keep, Terminal(sys.stdout)).main()
+    """`nftproxy demo [--keep]`: see the module docstring. Returns the exit status.
+
+    The demo runs in a worker process in its own session. Ctrl-C at a terminal signals the whole
+    foreground process group, and would kill the harness's `ip` commands half-way (an interrupted
+    `ip netns add` leaves a broken /run/netns entry no cleanup knows about). Here only this
+    process sees the terminal's signals, and turns the first one into one orderly SIGINT (SIGTERM
+    for SIGTERM/SIGHUP) for the worker, which then tears down everything it built.
+    """
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    argv = [sys.executable, "-m", "nftproxy.demo", "--worker", *(["--keep"] if keep else [])]
+    worker: subprocess.Popen[bytes] | None = None
+    ready = False  # the worker handles signals (before that, a Ctrl-C would break its start with a traceback)
+    pending: int | None = None  # a signal that arrived before the worker was ready
+    forwarded = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal forwarded, pending
+        if worker is None or not ready:
+            pending = signum
+            return
+        if forwarded:
+            try:
+                print("(cleaning up, one moment ...)", file=sys.stderr, flush=True)
+            except OSError:
+                pass
+            return
+        forwarded = True
+        try:
+            worker.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        except OSError:
+            pass
+
+    # installed before the worker starts, so the worker never inherits an ignored SIGINT (as under `cmd &`)
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        ready_r, ready_w = os.pipe()
+        env[_READY_FD_ENV] = str(ready_w)
+        try:
+            worker = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                      pass_fds=(ready_w,))
+        except OSError as err:
+            print(f"nftproxy demo: cannot start the demo: {err}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+        finally:
+            os.close(ready_w)
+        try:
+            os.read(ready_r, 1)  # one byte once the worker handles signals; b"" if it exited before
+        finally:
+            os.close(ready_r)
+        ready = True
+        if pending is not None:
+            forward(pending, None)
+        code = worker.wait()  # retried after every signal handler (PEP 475)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - code if code < 0 else code
+
+
+def _worker_main(argv: list[str]) -> int:
+    """The demo itself (started by run_demo in its own session)."""
+    if argv[:1] != ["--worker"] or not set(argv[1:]) <= {"--keep"}:
+        print("usage: nftproxy demo [--keep]  (nftproxy.demo --worker is internal)", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _raise_stopped)
+        ready_fd = os.environ.pop(_READY_FD_ENV, None)
+        if ready_fd:
+            os.write(int(ready_fd), b"1")
+            os.close(int(ready_fd))
+        demo = Demo("--keep" in argv, Terminal(sys.stdout))
+    except (KeyboardInterrupt, Stopped):  # before anything was built
+        return EXIT_INTERRUPTED
+    return demo.main()
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

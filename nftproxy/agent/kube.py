@@ -92,9 +92,12 @@ class ResourceWatcher:
             self.resource_version = None
             return
         except Exception as err:  # noqa: BLE001 - any failure of the API is a reason to back off
-            self._set_connected(False, _describe(err))
             if progressed:
-                return  # it worked for a while: reconnect at once, back off only if that fails
+                # It worked for a while: resume at once; only a failing reconnect counts as an outage.
+                log.info("%s: watch interrupted (%s): resuming from resourceVersion %s",
+                         self.kind, _describe(err), self.resource_version)
+                return
+            self._set_connected(False, _describe(err))
             raise WatchFailed(str(err)) from err
 
     def _selector(self) -> dict[str, Any]:
