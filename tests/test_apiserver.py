@@ -505,6 +505,8 @@ def test_set_down_refuses_then_recovers_on_same_port(api: ApiServerStandin) -> N
     core = client.CoreV1Api(client.ApiClient(cfg))
     port = api.port
     core.list_namespace()
+    assert api.drop_connections(host="127.0.0.1") == 1  # the client's pooled keep-alive connection
+    core.list_namespace()  # urllib3 notices the dropped connection and opens a new one
     api.set_down(True)
     with pytest.raises(urllib3.exceptions.HTTPError):
         core.list_namespace()

@@ -15,6 +15,7 @@ Use::
         api.cut_watches(graceful=False)              # TCP-drop (or cleanly end) every open watch
         api.compact()                                # forget history: older RVs now get 410
         api.set_down(True, mode="refuse"|"unavailable"); api.set_down(False)
+        api.drop_connections(host=None)              # reset open keep-alive connections
         api.request_log                              # [(method, path?query), ...]
         api.resource_version, api.watch_count, api.wait_for_watches(n)
 

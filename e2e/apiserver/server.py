@@ -812,13 +812,26 @@ class ApiServerStandin:
                 self._conns.discard(conn)
 
     def _drop_connections(self) -> None:
+        self.drop_connections()
+
+    def drop_connections(self, host: str | None = None) -> int:
+        """Shut down open client connections: all, or those accepted on local address `host`.
+
+        Closing a listener leaves keep-alive connections (and their handler threads)
+        serving; a server that really went away drops them too, so do this with it.
+        """
         with self._lock:
             conns = list(self._conns)
+        dropped = 0
         for conn in conns:
             try:
+                if host is not None and conn.getsockname()[0] != host:
+                    continue
                 conn.shutdown(socket.SHUT_RDWR)
+                dropped += 1
             except OSError:
                 pass
+        return dropped
 
     def _log_request(self, method: str, path: str) -> None:
         with self._lock:
