@@ -169,7 +169,6 @@ class Check:
     """Requests from one place to one Service frontend, and what the pods must see."""
 
     kind: str  # what the output calls the Service kind
-    service: str
     sender: Any  # Pod or Client
     sender_label: str
     address: str
@@ -253,7 +252,10 @@ class Demo:
 
     def _error(self, message: str) -> None:
         self.t.say()
-        self.t.say(self.t.red(self.t.bold("Error: ")) + message)
+        first, _, rest = message.partition("\n")
+        self.t.say(self.t.wrap(first, 0, "Error:", lambda text: self.t.red(self.t.bold(text))))
+        for line in rest.splitlines():  # e.g. an agent's last log lines: as they are
+            self.t.say("       " + line)
         if self.t.broken or not self.t.stream.isatty():
             # also on stderr, so that `nftproxy demo > file` or a broken pipe still shows why it failed
             try:
@@ -291,11 +293,14 @@ class Demo:
             raise CannotRun("the `nft` tool is not in PATH (install nftables)")
         if shutil.which("ip") is None:
             raise CannotRun("the `ip` tool is not in PATH (install iproute2)")
+        if os.geteuid() != 0:
+            raise CannotRun("it needs root, to create network namespaces and the veth pairs, bridge and nftables "
+                            "tables inside them (the host's own network is left alone): try sudo nftproxy demo")
         try:
             with _signals_deferred():  # it builds (and removes) two namespaces to see whether it can
                 require_root_and_netns()
         except HarnessError as err:
-            raise CannotRun(str(err).replace("kernel tests need", "the demo needs")) from None
+            raise CannotRun(str(err)) from None
 
     # -- step 1 ------------------------------------------------------------- #
 
@@ -347,7 +352,8 @@ class Demo:
             ("NodePort", "web-nodeport", f"{NODEPORT_CLUSTER_IP}:{SERVICE_PORT}, every node's address :{NODE_PORT}",
              [service("web-nodeport", NODEPORT_CLUSTER_IP, port(nodePort=NODE_PORT), type="NodePort"),
               slice_for("web-nodeport")]),
-            ("externalIPs", "web-external", f"{EXTERNAL_CLUSTER_IP}:{SERVICE_PORT}, externalIP {EXTERNAL_IP}:{SERVICE_PORT}",
+            ("externalIPs", "web-external",
+             f"{EXTERNAL_CLUSTER_IP}:{SERVICE_PORT}, externalIP {EXTERNAL_IP}:{SERVICE_PORT}",
              [service("web-external", EXTERNAL_CLUSTER_IP, port(), externalIPs=[EXTERNAL_IP]),
               slice_for("web-external")]),
             ("LoadBalancer", "web-lb",
@@ -372,11 +378,9 @@ class Demo:
         t.say(t.dim(f"      every EndpointSlice lists {', '.join(p.name for p in self.web)} (port {POD_PORT})"))
         t.say("      starting " + t.cyan("nftproxy run --manifests DIR") + " in each node's namespace ...")
         for agent in self.agents.agents:
-            with _signals_deferred():  # the agent process is recorded as soon as it exists
-                agent.start()
-            synced = [line for line in agent.log_text().splitlines() if "synced" in line]
-            what = synced[-1].split("nftproxy: ", 1)[-1] if synced else "synced"
-            t.say(f"      {agent.node.name}: {what}")
+            agent.start()  # interruptible: a stray agent dies with its node's namespace anyway
+            synced = _SYNCED.findall(agent.log_text())
+            t.say(f"      {agent.node.name}: {synced[-1] if synced else 'synced'}")
 
     # -- step 3 ------------------------------------------------------------- #
 
@@ -384,20 +388,20 @@ class Demo:
         n1, n2 = self.cluster.nodes
         client, outside = self.client_pod, self.outside
         return [
-            Check("ClusterIP", "web", client, f"client pod ({client.node.name})", CLUSTER_IP, SERVICE_PORT,
+            Check("ClusterIP", client, f"client pod {client.ip} ({client.node.name})", CLUSTER_IP, SERVICE_PORT,
                   f"{CLUSTER_IP}:{SERVICE_PORT}", {client.ip},
                   "pod-to-ClusterIP keeps the pod's source: the pods saw the client pod's own address, "
                   "and only the destination was rewritten (DNAT) on the client's node"),
-            Check("NodePort", "web-nodeport", outside, "outside", n1.ip, NODE_PORT,
+            Check("NodePort", outside, f"outside {outside.ip}", n1.ip, NODE_PORT,
                   f"{n1.name} {n1.ip}:{NODE_PORT}", {n1.ip, n1.pod_gateway},
                   f"external traffic is masqueraded to the node's address: the pods saw {n1.name} (the address "
                   f"it sends from toward each pod), never the client's {outside.ip}, so their replies go back "
                   f"through {n1.name} to be un-NATed"),
-            Check("externalIPs", "web-external", outside, "outside", EXTERNAL_IP, SERVICE_PORT,
+            Check("externalIPs", outside, f"outside {outside.ip}", EXTERNAL_IP, SERVICE_PORT,
                   f"{EXTERNAL_IP}:{SERVICE_PORT} (routed via {n2.name})", {n2.ip, n2.pod_gateway},
                   f"the outside client routes the externalIP via {n2.name}, which DNATs it to a pod and "
                   f"masquerades it like a NodePort: the pods saw {n2.name}"),
-            Check("LoadBalancer", "web-lb", outside, "outside", LB_IP, SERVICE_PORT,
+            Check("LoadBalancer", outside, f"outside {outside.ip}", LB_IP, SERVICE_PORT,
                   f"{LB_IP}:{SERVICE_PORT} (routed via {n1.name})", {n1.ip, n1.pod_gateway},
                   f"the status.loadBalancer.ingress IP arrives at {n1.name} as a cloud load balancer would "
                   f"deliver it, and is handled like an externalIP: DNAT plus masquerade to {n1.name}"),
@@ -434,9 +438,11 @@ class Demo:
         landed = Counter(r.pod if r.ok else f"error:{r.error}" for r in check.results)
         errors = {k.removeprefix("error:"): n for k, n in landed.items() if k.startswith("error:")}
         strangers = {k: n for k, n in landed.items() if not k.startswith("error:") and k not in web}
-        if errors:
-            what = ", ".join(f"{kind} {n}x" for kind, n in errors.items())
-            check.problems.append(f"{sum(errors.values())} of {len(check.results)} request(s) failed ({what})")
+        if errors and len(check.results) == 1:
+            check.problems.append(f"the first request failed ({next(iter(errors))}), so no more were sent")
+        elif errors:
+            what = ", ".join(f"{n}x {kind}" for kind, n in errors.items())
+            check.problems.append(f"{sum(errors.values())} of {len(check.results)} requests failed: {what}")
         if strangers:
             check.problems.append(f"requests landed outside the Service's endpoints: {dict(strangers)}")
         seen = {r.client for r in check.results if r.ok}
@@ -479,11 +485,12 @@ class Demo:
             t.say(f"      {name:<6} {node:<7} {len(hits):>3} {round(share * 100):>3}%  "
                   f"{t.cyan(bar.ljust(BAR_WIDTH)) if bar else ' ' * BAR_WIDTH}  "
                   + (f"saw {saw}" if hits else t.dim("no requests")))
-        failed = Counter(r.error for r in check.results if not r.ok)
-        if failed:
-            t.say("      " + t.red("failed: " + ", ".join(f"{e} x{n}" for e, n in failed.items())))
         if check.ok:
             t.say(t.wrap(check.explanation, 6, t.tick, t.green))
+            idle = [name for name in names if not by_pod.get(name)]
+            if idle:
+                t.say(t.dim(t.wrap(f"({', '.join(idle)} got none of {total} this time: every connection picks an "
+                                   "endpoint at random)", 8)))
         else:
             for problem in check.problems:
                 t.say(t.wrap(problem, 6, t.cross, t.red))
@@ -650,6 +657,7 @@ class Demo:
 
 _BLOCK_START = re.compile(r"^\t(set|map|chain) (\S+) \{$")
 _DATE = re.compile(r"^\d{4}-\d\d-\d\d ")
+_SYNCED = re.compile(r"synced \d+ Service.*$", re.MULTILINE)
 
 
 def _blocks(text: str) -> dict[str, list[str]]:
@@ -727,7 +735,7 @@ def run_demo(keep: bool = False) -> int:
             pass
 
     # installed before the worker starts, so the worker never inherits an ignored SIGINT (as under `cmd &`)
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {signum: signal.signal(signum, forward) for signum in _SIGNALS}
     try:
         ready_r, ready_w = os.pipe()
         env[_READY_FD_ENV] = str(ready_w)
