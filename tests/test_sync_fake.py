@@ -33,6 +33,8 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
     assert kernel.dump() == sorted([
         "chain lb-cluster-v4-2 ip saddr != 198.18.128.0/17 meta mark set meta mark | 0x00004000",
         "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-cluster-v4-2",
+        "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
+        "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
         "chain lb-external-v4-2 meta mark set meta mark | 0x00004000",
         "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-external-v4-2",
         "chain lb-nodeport-v4-2 meta mark set meta mark | 0x00004000",
@@ -48,6 +50,7 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
         "element hairpin-v4 198.18.129.2 . 198.18.129.2",
         "element hairpin-v4 198.18.129.3 . 198.18.129.3",
         'element no-endpoint-services-v4 198.19.0.11 . udp . 53 comment "shop/empty:dns" : goto reject-chain',
+        "element cluster-cidrs-v4 198.18.128.0/17",
         "element nodeport-cidrs-v4 0.0.0.0/0",
         "element nodeport-cidrs-v6 ::/0",
         "element service-cidrs-v4 198.19.0.0/16",

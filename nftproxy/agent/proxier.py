@@ -79,6 +79,7 @@ class Proxier:
             self.delete_slice(ref)
         elif kind == "Node" and self.node is not None and self.node.name == name:
             self.node = None
+            self.dirty.update(ref for ref, svc in self.services.items() if svc.prefer_close)
 
     def upsert_service(self, obj: Mapping[str, Any]) -> None:
         ref = object_ref(obj)
@@ -139,7 +140,10 @@ class Proxier:
             self._report_invalid(err)
             return
         if node.name == self.config.node_name and node != self.node:
+            zone_changed = (self.node.zone if self.node else None) != node.zone
             self.node = node
+            if zone_changed:  # topology hints are read against this node's zone
+                self.dirty.update(ref for ref, svc in self.services.items() if svc.prefer_close)
 
     def _report_invalid(self, err: InvalidObject) -> None:
         key = (err.kind, err.ref)
@@ -159,7 +163,7 @@ class Proxier:
     def _fragment(self, inputs: ServiceInputs | None) -> Fragment:
         if inputs is None:
             return EMPTY
-        return service_fragment(inputs[0], inputs[1], self.config)
+        return service_fragment(inputs[0], inputs[1], self.config, self.node.zone if self.node else None)
 
     @staticmethod
     def _owner(inputs: ServiceInputs) -> str:

@@ -1,7 +1,15 @@
 """Translate one Service (with its EndpointSlices) into the elements and chains it needs.
 
-Pure: the same Service, slices and configuration always give the same Fragment, so the agent can
-recompute only the Services that changed and diff their fragments against what it committed.
+Pure: the same Service, slices, configuration and node always give the same Fragment, so the agent
+can recompute only the Services that changed and diff their fragments against what it committed.
+
+Frontends and where they go (per family):
+- ClusterIP:            service-ips -> lb-cluster-N (masquerade from outside the cluster CIDR)
+- externalIP / LB IP:   service-ips -> lb-external-N (masquerade), or with externalTrafficPolicy Local
+                        -> external-local (static): pods and the node -> lb-short-N (every endpoint),
+                        outside clients -> lb-local-N (this node's endpoints, source kept) or drop
+- NodePort:             service-nodeports -> lb-nodeport-N, or nodeport-local with the same split
+- no endpoints at all:  no-endpoint-services / no-endpoint-nodeports -> reject
 """
 
 from __future__ import annotations
@@ -11,15 +19,26 @@ from collections.abc import Iterable
 from ..config import ProxyConfig
 from ..objects.model import EndpointSlice, Service, ServicePort
 from .elements import Chain, Element, Fragment
-from .endpoints import usable_endpoints
+from .endpoints import Backend, expand, select
 from .skeleton import MASQUERADE_MARK, REJECT_VERDICT
 
 MARK_FOR_MASQUERADE = f"meta mark set meta mark | {MASQUERADE_MARK}"
 _IPX = {4: "ip", 6: "ip6"}
+# lb chain kinds: (keyed by daddr?, masquerade)
+KINDS = {
+    "cluster": (True, "cluster"),
+    "external": (True, "always"),
+    "local": (True, "never"),
+    "short": (True, "never"),
+    "nodeport": (False, "always"),
+    "nplocal": (False, "never"),
+    "npshort": (False, "never"),
+}
+_PROTOCOLS = ("tcp", "udp", "sctp")
 
 
 def lb_chain_name(kind: str, family: int, count: int) -> str:
-    """lb-cluster-v4-3: load-balances over 3 endpoints for every ClusterIP frontend that has 3."""
+    """lb-cluster-v4-3: load-balances over 3 endpoint slots for every ClusterIP frontend that has 3."""
     return f"lb-{kind}-v{family}-{count}"
 
 
@@ -28,33 +47,42 @@ def backends_map_name(kind: str, family: int, count: int) -> str:
 
 
 def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
-    """A shared load-balancing chain; kinds: cluster (ClusterIP), external (externalIP/LB IP), nodeport."""
+    """A shared load-balancing chain with its own backends map (see rules/nftproxy.nft for why)."""
     ipx = _IPX[family]
+    by_daddr, masquerade = KINDS[kind]
     rules: list[str] = []
-    if kind == "cluster":
-        cidr = config.cluster_cidr(family)
-        if config.masquerade_all:
-            rules.append(MARK_FOR_MASQUERADE)
-        elif cidr:
-            rules.append(f"{ipx} saddr != {cidr} {MARK_FOR_MASQUERADE}")
-    else:
+    if masquerade == "always" or (masquerade == "cluster" and config.masquerade_all):
         rules.append(MARK_FOR_MASQUERADE)
-    frontend = "meta l4proto . th dport" if kind == "nodeport" else f"{ipx} daddr . meta l4proto . th dport"
+    elif masquerade == "cluster" and config.cluster_cidr(family):
+        rules.append(f"{ipx} saddr != {config.cluster_cidr(family)} {MARK_FOR_MASQUERADE}")
+    if by_daddr:
+        frontend = f"{ipx} daddr . meta l4proto . th dport"
+        rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {ipx} saddr . {frontend} map @affinity-v{family}")
+    else:
+        frontend = "meta l4proto . th dport"
     table = backends_map_name(kind, family, count)
-    rules.append(
-        f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} map @{table}"
-    )
+    rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} map @{table}")
     plural = "s" if count != 1 else ""
     declaration = (
         f"typeof {frontend} . numgen random mod 1 : {ipx} daddr . th dport ; "
-        f'comment "{kind} frontend . endpoint index -> endpoint, for {count} endpoint{plural}" ;'
+        f'comment "{kind} frontend . slot -> endpoint, for {count} slot{plural}" ;'
     )
-    return Chain(
-        name=lb_chain_name(kind, family, count),
-        rules=tuple(rules),
-        comment=f"{kind} frontends with {count} endpoint{plural}",
-        maps=((table, declaration),),
-    )
+    return Chain(lb_chain_name(kind, family, count), tuple(rules), f"{kind} frontends with {count} endpoint slot{plural}",
+                 ((table, declaration),))
+
+
+def affinity_record_chain(family: int, timeout: int) -> Chain:
+    """Records client . frontend -> endpoint with a Service's timeout; expires entries whose endpoint left."""
+    ipx = _IPX[family]
+    key = f"ct original {ipx} saddr . ct original {ipx} daddr . meta l4proto . ct original proto-dst"
+    frontend = f"ct original {ipx} daddr . meta l4proto . ct original proto-dst"
+    rules = []
+    for proto in _PROTOCOLS:
+        rules.append(f"meta l4proto {proto} {frontend} . {ipx} daddr . th dport != @affinity-valid-v{family} "
+                     f"update @affinity-v{family} {{ {key} timeout 1s : {ipx} daddr . th dport }} drop")
+    for proto in _PROTOCOLS:
+        rules.append(f"meta l4proto {proto} update @affinity-v{family} {{ {key} timeout {timeout}s : {ipx} daddr . th dport }}")
+    return Chain(f"affinity-record-v{family}-{timeout}", tuple(rules), f"sessionAffinity ClientIP, timeout {timeout}s")
 
 
 def port_comment(svc: Service, port: ServicePort) -> str:
@@ -62,54 +90,100 @@ def port_comment(svc: Service, port: ServicePort) -> str:
     return f"{svc.ref}:{port.name or port.port}"
 
 
-def service_fragment(svc: Service, slices: Iterable[EndpointSlice], config: ProxyConfig) -> Fragment:
+class _Builder:
+    def __init__(self, config: ProxyConfig, family: int) -> None:
+        self.config = config
+        self.family = family
+        self.v = f"-v{family}"
+        self.elements: list[Element] = []
+        self.chains: set[Chain] = set()
+
+    def add(self, base: str, key: str, value: str | None = None, comment: str | None = None) -> None:
+        self.elements.append(Element(base + self.v, key, value, comment))
+
+    def balance(self, kind: str, key: str, backends: tuple[Backend, ...], comment: str) -> str:
+        """Backends elements for one frontend; returns the verdict that sends it to them."""
+        values = expand(backends)
+        if not values:
+            return "drop"
+        chain = lb_chain(kind, self.family, len(values), self.config)
+        self.chains.add(chain)
+        table = chain.maps[0][0]
+        self.elements.extend(Element(table, f"{key} . {i}", value, comment) for i, value in enumerate(values))
+        return "goto " + chain.name
+
+
+def service_fragment(svc: Service, slices: Iterable[EndpointSlice], config: ProxyConfig,
+                     node_zone: str | None = None) -> Fragment:
     """Everything the kernel must hold for one Service."""
     slices = tuple(slices)
     elements: list[Element] = []
     chains: set[Chain] = set()
-    svc_comment = str(svc.ref)
     for cluster_ip in svc.cluster_ips:
         family = 6 if ":" in cluster_ip else 4
-        v = f"-v{family}"
-        elements.append(Element("cluster-ips" + v, cluster_ip, None, svc_comment))
-        externals = [a for a in (*svc.external_ips, *svc.load_balancer_ips) if (6 if ":" in a else 4) == family]
+        b = _Builder(config, family)
+        b.add("cluster-ips", cluster_ip, None, str(svc.ref))
+        externals = [a for a in svc.external_ips if (6 if ":" in a else 4) == family]
+        lb_ips = [a for a in svc.load_balancer_ips if (6 if ":" in a else 4) == family]
+        ranges = [c for c in svc.source_ranges if (6 if ":" in c else 4) == family]
         for port in svc.ports:
-            comment = port_comment(svc, port)
-            proto_port = f"{port.protocol} . {port.port}"
-            backends = [f"{ep.address} . {target}" for ep, target in usable_endpoints(port, family, slices)]
-            count = len(backends)
-            frontends = [(cluster_ip, "cluster")] + [(a, "external") for a in externals]
-            if count == 0:
-                for address, _ in frontends:
-                    elements.append(Element("no-endpoint-services" + v, f"{address} . {proto_port}", REJECT_VERDICT, comment))
-                if port.node_port:
-                    elements.append(
-                        Element("no-endpoint-nodeports" + v, f"{port.protocol} . {port.node_port}", REJECT_VERDICT, comment)
-                    )
-                continue
-            for address, kind in frontends:
-                chain = lb_chain(kind, family, count, config)
-                chains.add(chain)
-                key = f"{address} . {proto_port}"
-                elements.append(Element("service-ips" + v, key, "goto " + chain.name, comment))
-                table = chain.maps[0][0]
-                elements.extend(Element(table, f"{key} . {i}", b, comment) for i, b in enumerate(backends))
-            if port.node_port:
-                chain = lb_chain("nodeport", family, count, config)
-                chains.add(chain)
-                key = f"{port.protocol} . {port.node_port}"
-                elements.append(Element("service-nodeports" + v, key, "goto " + chain.name, comment))
-                table = chain.maps[0][0]
-                elements.extend(Element(table, f"{key} . {i}", b, comment) for i, b in enumerate(backends))
-            for b in backends:
-                address = b.split(" . ", 1)[0]
-                elements.append(Element("hairpin" + v, f"{address} . {address}"))
+            _translate_port(b, svc, port, cluster_ip, externals, lb_ips, ranges, slices, node_zone)
+        elements += b.elements
+        chains |= b.chains
     return Fragment(frozenset(elements), frozenset(chains))
 
 
+def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: str, externals: list[str],
+                    lb_ips: list[str], ranges: list[str], slices: tuple[EndpointSlice, ...],
+                    node_zone: str | None) -> None:
+    comment = port_comment(svc, port)
+    proto_port = f"{port.protocol} . {port.port}"
+    chosen = select(svc, port, b.family, slices, b.config.node_name, node_zone)
+    external_frontends = [f"{a} . {proto_port}" for a in (*externals, *lb_ips)]
+    cluster_key = f"{cluster_ip} . {proto_port}"
+    for address in lb_ips:
+        if ranges:
+            b.add("firewall-ips", f"{address} . {proto_port}", None, comment)
+            for cidr in ranges:
+                b.add("firewall-allow", f"{address} . {proto_port} . {cidr}", None, comment)
+    if not chosen.any_endpoints:
+        for key in (cluster_key, *external_frontends):
+            b.add("no-endpoint-services", key, REJECT_VERDICT, comment)
+        if port.node_port:
+            b.add("no-endpoint-nodeports", f"{port.protocol} . {port.node_port}", REJECT_VERDICT, comment)
+        return
+
+    b.add("service-ips", cluster_key, b.balance("cluster", cluster_key, chosen.cluster, comment), comment)
+    for key in external_frontends:
+        if svc.external_traffic_local:
+            b.add("service-ips", key, f"goto external-local{b.v}", comment)
+            b.add("external-short-circuit", key, b.balance("short", key, chosen.all, comment), comment)
+            b.add("external-local-dispatch", key, b.balance("local", key, chosen.local, comment), comment)
+        else:
+            b.add("service-ips", key, b.balance("external", key, chosen.all, comment), comment)
+    if port.node_port:
+        key = f"{port.protocol} . {port.node_port}"
+        if svc.external_traffic_local:
+            b.add("service-nodeports", key, f"goto nodeport-local{b.v}", comment)
+            b.add("nodeport-short-circuit", key, b.balance("npshort", key, chosen.all, comment), comment)
+            b.add("nodeport-local-dispatch", key, b.balance("nplocal", key, chosen.local, comment), comment)
+        else:
+            b.add("service-nodeports", key, b.balance("nodeport", key, chosen.all, comment), comment)
+    if svc.affinity_timeout:
+        record = affinity_record_chain(b.family, svc.affinity_timeout)
+        b.chains.add(record)
+        for key, backends in ((cluster_key, chosen.cluster), *((k, chosen.all) for k in external_frontends)):
+            b.add("affinity-services", key, "jump " + record.name, comment)
+            for backend in backends:
+                b.add("affinity-valid", f"{key} . {backend.value}", None, comment)
+    for address in sorted({x.address for x in chosen.all}):
+        b.add("hairpin", f"{address} . {address}")
+
+
 def config_fragment(config: ProxyConfig) -> Fragment:
-    """Elements owned by the configuration: service CIDRs and NodePort address ranges."""
+    """Elements owned by the configuration: cluster and Service CIDRs, NodePort address ranges."""
     elements = [Element(f"service-cidrs-v{_fam(c)}", c) for c in config.service_cidrs]
+    elements += [Element(f"cluster-cidrs-v{_fam(c)}", c) for c in config.cluster_cidrs]
     for family in (4, 6):
         elements += [Element(f"nodeport-cidrs-v{family}", c) for c in config.nodeport_cidrs_of(family)]
     return Fragment(frozenset(elements))

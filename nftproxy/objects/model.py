@@ -49,8 +49,9 @@ class Service:
     affinity_timeout: int | None = None  # seconds, when sessionAffinity is ClientIP
     source_ranges: tuple[str, ...] = ()
     publish_not_ready: bool = False
-    prefer_close: bool = False
+    prefer_close: bool = False  # trafficDistribution PreferClose, or topology-mode Auto: use zone hints
     creation: str = ""  # metadata.creationTimestamp: the oldest Service wins a conflict
+    weights: tuple[tuple[str, int], ...] = ()  # nftproxy.io/endpoint-weights: (endpoint IP or Pod name, weight)
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({6 if ":" in ip else 4 for ip in self.cluster_ips}))
@@ -66,6 +67,8 @@ class Endpoint:
     node_name: str | None = None
     zone: str | None = None
     zone_hints: tuple[str, ...] | None = None  # None: no hints at all
+    target_name: str | None = None  # targetRef.name, usually the Pod's name
+    weight: int = 1  # relative share of connections (nftproxy.io/weight on the slice)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ message a user can act on, and never reaches the translation that would break ev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,10 @@ from .model import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+WEIGHTS_ANNOTATION = "nftproxy.io/endpoint-weights"  # on a Service: {"<endpoint IP or Pod name>": weight, ...}
+SLICE_WEIGHT_ANNOTATION = "nftproxy.io/weight"  # on an EndpointSlice: the weight of each of its endpoints
+TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode", "service.kubernetes.io/topology-aware-hints")
+MAX_WEIGHT = 100
 ZONE_LABEL = "topology.kubernetes.io/zone"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as the API server defaults it
 MAX_AFFINITY_TIMEOUT = 86400
@@ -200,6 +205,9 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
             raise check.fail(f"spec.loadBalancerSourceRanges[{i}]", str(err)) from None
 
     meta = check.mapping(obj.get("metadata"), "metadata")
+    annotations = check.mapping(meta.get("annotations"), "metadata.annotations")
+    weights = _parse_weights(check, annotations.get(WEIGHTS_ANNOTATION))
+    topology_auto = any(str(annotations.get(a, "")).lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
     return Service(
         ref=ref,
         type=svc_type,
@@ -213,9 +221,39 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
         affinity_timeout=affinity_timeout,
         source_ranges=tuple(dict.fromkeys(source_ranges)),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
-        prefer_close=spec.get("trafficDistribution") == "PreferClose",
+        prefer_close=spec.get("trafficDistribution") == "PreferClose" or topology_auto,
         creation=str(meta.get("creationTimestamp") or ""),
+        weights=weights,
     )
+
+
+def _weight(check: _Checker, field: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
+        raise check.fail(field, f"weight must be an integer from 0 to {MAX_WEIGHT}, got {value!r}")
+    return value
+
+
+def _parse_weights(check: _Checker, text: Any) -> tuple[tuple[str, int], ...]:
+    """{"198.18.129.2": 3, "web-7d9f": 1}: keys are endpoint IPs or Pod names (targetRef.name)."""
+    if text is None:
+        return ()
+    field = f"metadata.annotations[{WEIGHTS_ANNOTATION}]"
+    try:
+        data = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError as err:
+        raise check.fail(field, f"not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise check.fail(field, 'expected a JSON object such as {"10.0.0.5": 3, "web-0": 1}')
+    out: list[tuple[str, int]] = []
+    for key, value in data.items():
+        try:
+            key = str(parse_ip(key))
+        except AddressError:
+            pass  # a Pod name
+        out.append((str(key), _weight(check, f"{field}.{key}", value)))
+    return tuple(sorted(out))
 
 
 def _condition(conditions: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -239,6 +277,11 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
     if address_type not in families:
         raise check.fail("addressType", f"unknown address type {address_type!r} (accepted: IPv4, IPv6, FQDN)")
     family = families[address_type]
+    annotations = check.mapping(meta.get("annotations"), "metadata.annotations")
+    slice_weight = 1
+    if annotations.get(SLICE_WEIGHT_ANNOTATION) is not None:
+        slice_weight = _weight(check, f"metadata.annotations[{SLICE_WEIGHT_ANNOTATION}]",
+                               annotations[SLICE_WEIGHT_ANNOTATION])
 
     ports: list[EndpointPort] = []
     seen: set[str] = set()
@@ -286,6 +329,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
                 node_name=raw.get("nodeName") or None,
                 zone=raw.get("zone") or None,
                 zone_hints=zone_hints,
+                target_name=str(check.mapping(raw.get("targetRef"), f"endpoints[{i}].targetRef").get("name") or "") or None,
+                weight=slice_weight,
             )
         )
     return EndpointSlice(
