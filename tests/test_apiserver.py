@@ -459,6 +459,22 @@ def test_compact_makes_resumed_watch_410(api: ApiServerStandin, core: client.Cor
     assert line["type"] == "ERROR" and line["object"]["code"] == 410 and line["object"]["reason"] == "Expired"
 
 
+def test_history_window_is_bounded() -> None:
+    with ApiServerStandin(service_cidr=CIDR, history_size=3) as small:
+        core = client.CoreV1Api(small.client())
+        first = core.create_namespaced_config_map("default", {"metadata": {"name": "c0"}}).metadata.resource_version
+        for i in range(1, 6):
+            core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
+        with pytest.raises(ApiException) as info:
+            list(watch.Watch().stream(core.list_namespaced_config_map, namespace="default",
+                                      resource_version=first, timeout_seconds=1))
+        assert info.value.status == 410
+        recent = str(int(small.resource_version) - 2)
+        names = [e["object"].metadata.name for e in watch.Watch().stream(
+            core.list_namespaced_config_map, namespace="default", resource_version=recent, timeout_seconds=1)]
+        assert names == ["c4", "c5"]
+
+
 def test_cut_watches_ends_streams(api: ApiServerStandin, core: client.CoreV1Api) -> None:
     col = Collector(core.list_namespaced_service, namespace="default", timeout_seconds=10)
     assert api.wait_for_watches(1)
