@@ -127,6 +127,7 @@ class ClusterApi:
         if self._lan_thread is not None:
             self._lan_thread.join(5)
         self.api.cut_watches()
+        self.api.drop_connections(host=self.lan_address)  # keep-alive connections would outlive the listener
 
     def fail(self, resources: Iterable[str]) -> None:
         """Answer 503 on the LAN listener for paths naming these resources (e.g. "endpointslices")."""

@@ -25,6 +25,9 @@ def service(
     creation = spec.pop("creation", None)
     if creation:
         body["metadata"]["creationTimestamp"] = creation
+    annotations = spec.pop("annotations", None)
+    if annotations:
+        body["metadata"]["annotations"] = annotations
     body["spec"].update(spec)
     if status is not None:
         body["status"] = status

@@ -226,7 +226,16 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
         if recorder is not None:
             recorder.invalid(err)  # type: ignore[arg-type]
 
-    proxier = Proxier(settings.proxy, NftablesKernel(), on_invalid=on_invalid)
+    from .kernel.conntrack import ConntrackCleaner
+
+    import time as _time
+
+    from .agent.healthcheck import HealthCheckServers
+
+    cleaner = ConntrackCleaner()
+    health_checks = HealthCheckServers(proxy_healthy=lambda: health.healthy(_time.time()))
+    proxier = Proxier(settings.proxy, NftablesKernel(), on_invalid=on_invalid,
+                      on_stale_flows=lambda flows: cleaner.delete(flows), on_health_checks=health_checks.update)
     loop = SyncLoop(proxier, updates, sources, settings.min_sync_period, settings.sync_period, health, metrics)
     if settings.healthz_bind:
         serve_health(health, *settings.healthz_bind)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ProxyConfig
+from ..desired.conntrack import StaleFlows, stale_udp_flows
 from ..desired.elements import EMPTY, Fragment
+from ..desired.healthcheck import HealthCheck, health_check_of
 from ..desired.translate import config_fragment, service_fragment
 from ..diff.committed import Committed
 from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
@@ -45,10 +47,15 @@ class Proxier:
         config: ProxyConfig,
         kernel: Kernel,
         on_invalid: Callable[[InvalidObject], None] | None = None,
+        on_stale_flows: Callable[[list[StaleFlows]], None] | None = None,
+        on_health_checks: Callable[[dict[ObjectRef, HealthCheck | None]], None] | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
         self.on_invalid = on_invalid
+        self.on_stale_flows = on_stale_flows
+        self.on_health_checks = on_health_checks
+        self.health_checks: dict[ObjectRef, HealthCheck] = {}
         self.services: dict[ObjectRef, Service] = {}
         self.slices: dict[ObjectRef, EndpointSlice] = {}
         self.slices_of: dict[ObjectRef, dict[ObjectRef, EndpointSlice]] = {}
@@ -214,6 +221,13 @@ class Proxier:
                 self.needs_rebuild = True
                 raise
             script_bytes = getattr(self.kernel, "last_script_bytes", 0)
+        stale: list[StaleFlows] = []
+        if self.on_stale_flows is not None:
+            zone = self.node.zone if self.node else None
+            for ref, inputs in new_inputs.items():
+                old = self.committed_inputs.get(ref)
+                if old != inputs:
+                    stale += stale_udp_flows(old, inputs, self.config, zone)
         if rebuild:
             self.committed = Committed()
             self.committed_inputs = {}
@@ -226,6 +240,9 @@ class Proxier:
         self.dirty.clear()
         self.needs_rebuild = False
         self._log_conflicts(the_plan.conflicts)
+        if stale and self.on_stale_flows is not None:
+            self.on_stale_flows(stale)
+        self._update_health_checks(new_inputs, rebuild)
         return SyncResult(
             rebuild=rebuild,
             operations=tx.operation_count(),
@@ -235,6 +252,24 @@ class Proxier:
             conflicts=the_plan.conflicts,
             synced_refs=list(new_inputs),
         )
+
+    def _update_health_checks(self, synced: dict[ObjectRef, ServiceInputs | None], rebuild: bool) -> None:
+        changes: dict[ObjectRef, HealthCheck | None] = {}
+        for ref, inputs in synced.items():
+            check = health_check_of(inputs[0], inputs[1], self.config.node_name) if inputs else None
+            if self.health_checks.get(ref) != check:
+                changes[ref] = check
+                if check is None:
+                    self.health_checks.pop(ref, None)
+                else:
+                    self.health_checks[ref] = check
+        if rebuild:
+            for ref in list(self.health_checks):
+                if ref not in synced:
+                    changes[ref] = None
+                    del self.health_checks[ref]
+        if changes and self.on_health_checks is not None:
+            self.on_health_checks(changes)
 
     def _log_conflicts(self, conflicts: list[Conflict]) -> None:
         for c in conflicts:

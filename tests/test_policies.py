@@ -1,0 +1,280 @@
+"""Traffic policies and the rest of kube-proxy's Service semantics, each proven by packets.
+
+Two nodes: web-1 and web-3 on node-1, web-2 on node-2; a client pod on node-1; outside clients on
+the LAN. Every test checks where connections landed and the source address the endpoint saw.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from e2e.agent import AgentCluster
+from e2e.netns import NamespaceCluster, Pod, require_root_and_netns
+from e2e.netns.cluster import Client, cleanup_stale
+from e2e.objects import service
+
+pytestmark = pytest.mark.kernel
+
+
+@dataclass
+class World:
+    cluster: NamespaceCluster
+    agents: AgentCluster
+    web: list[Pod]
+    pod_client: Pod
+    outside: Client
+    stranger: Client  # another outside client, for source ranges
+
+    def node(self, i: int):
+        return self.cluster.nodes[i]
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    require_root_and_netns()
+    cleanup_stale()
+    cluster = NamespaceCluster(nodes=2)
+    agents: AgentCluster | None = None
+    try:
+        n1, n2 = cluster.nodes
+        web = [cluster.add_pod(n1, "web-1"), cluster.add_pod(n2, "web-2"), cluster.add_pod(n1, "web-3")]
+        pod_client = cluster.add_pod(n1, "client-pod", tcp=(), udp=())
+        outside, stranger = cluster.add_client("outside"), cluster.add_client("stranger")
+        agents = AgentCluster(cluster).start()
+        yield World(cluster, agents, web, pod_client, outside, stranger)
+    finally:
+        if agents is not None:
+            agents.stop()
+        cluster.close()
+
+
+def slice_of(service_name: str, pods: list[Pod], name: str | None = None, protocol: str = "TCP",
+             conditions: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """An EndpointSlice whose endpoints carry their nodeName and targetRef, as the controller writes them."""
+    port = 8080 if protocol == "TCP" else 5353
+    endpoints = []
+    for pod in pods:
+        ep: dict[str, Any] = {"addresses": [pod.ip], "nodeName": pod.node.name,
+                              "targetRef": {"kind": "Pod", "name": pod.name, "namespace": "default"},
+                              "conditions": dict(conditions or {"ready": True, "serving": True, "terminating": False})}
+        ep.update(extra.get("per_endpoint", {}).get(pod.name, {}))
+        endpoints.append(ep)
+    body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name or f"{service_name}-x", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"name": "p", "port": port, "protocol": protocol}], "endpoints": endpoints}
+    if "annotations" in extra:
+        body["metadata"]["annotations"] = extra["annotations"]
+    return body
+
+
+def svc(name: str, ip: str, protocol: str = "TCP", port: int = 80, **spec: Any) -> dict[str, Any]:
+    ports = [{"name": "p", "port": port, "protocol": protocol}]
+    if "node_port" in spec:
+        ports[0]["nodePort"] = spec.pop("node_port")
+    return service(name, ip, ports, **spec)
+
+
+def landed(results: list) -> Counter:
+    return Counter(r.pod if r.ok else f"error:{r.error}" for r in results)
+
+
+def test_external_traffic_policy_local(world: World) -> None:
+    n1, n2 = world.node(0), world.node(1)
+    world.agents.apply("etp", [
+        svc("etp", "198.19.1.1", type="LoadBalancer", node_port=30100, externalTrafficPolicy="Local",
+            healthCheckNodePort=32100, status={"loadBalancer": {"ingress": [{"ip": "198.18.0.210"}]}}),
+        slice_of("etp", [world.web[0], world.web[1]]),
+    ])
+    # outside -> NodePort on node-1: only node-1's endpoint, and the client's own address is kept
+    results = world.cluster.probe(world.outside, n1.ip, 30100, count=20)
+    assert landed(results) == {"web-1": 20} and {r.client for r in results} == {world.outside.ip}
+    results = world.cluster.probe(world.outside, n2.ip, 30100, count=20)
+    assert landed(results) == {"web-2": 20} and {r.client for r in results} == {world.outside.ip}
+    # the LB IP routed to node-2: node-2's endpoint only, source kept
+    world.cluster.add_route(world.outside, "198.18.0.210/32", n2.ip)
+    results = world.cluster.probe(world.outside, "198.18.0.210", 80, count=20)
+    assert landed(results) == {"web-2": 20} and {r.client for r in results} == {world.outside.ip}
+    # pods are short-circuited to every endpoint, keeping their source
+    results = world.cluster.probe(world.pod_client, "198.18.0.210", 80, count=40)
+    assert set(landed(results)) == {"web-1", "web-2"} and {r.client for r in results} == {world.pod_client.ip}
+    # the node itself too (masqueraded, as upstream does)
+    results = world.cluster.probe(n1, n1.ip, 30100, count=30)
+    assert set(landed(results)) == {"web-1", "web-2"}
+    # a node without local endpoints drops external traffic
+    world.agents.apply("etp", [
+        svc("etp", "198.19.1.1", type="LoadBalancer", node_port=30100, externalTrafficPolicy="Local",
+            healthCheckNodePort=32100, status={"loadBalancer": {"ingress": [{"ip": "198.18.0.210"}]}}),
+        slice_of("etp", [world.web[0]]),
+    ])
+    assert landed(world.cluster.probe(world.outside, n2.ip, 30100, count=1, timeout=1.0)) == {"error:timeout": 1}
+    assert landed(world.cluster.probe(world.outside, n1.ip, 30100, count=3)) == {"web-1": 3}
+
+
+def http_get(world: World, client: Client, url: str) -> tuple[int, dict[str, Any]]:
+    code = ("import urllib.request, urllib.error, sys, json\n"
+            "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+    out = world.cluster.exec(client, [sys.executable, "-c", code, url]).stdout
+    status, _, body = out.partition("\n")
+    return int(status), json.loads(body)
+
+
+def test_health_check_node_port(world: World) -> None:
+    n1, n2 = world.node(0), world.node(1)
+    world.agents.apply("hc", [
+        svc("hc", "198.19.1.2", type="LoadBalancer", node_port=30101, externalTrafficPolicy="Local",
+            healthCheckNodePort=32101, status={"loadBalancer": {"ingress": [{"ip": "198.18.0.211"}]}}),
+        slice_of("hc", [world.web[0], world.web[2]]),
+    ])
+    status, body = http_get(world, world.outside, f"http://{n1.ip}:32101/healthz")
+    assert status == 200
+    assert body == {"service": {"namespace": "default", "name": "hc"}, "localEndpoints": 2, "serviceProxyHealthy": True}
+    status, body = http_get(world, world.outside, f"http://{n2.ip}:32101/")
+    assert status == 503 and body["localEndpoints"] == 0
+    world.agents.apply("hc", [
+        svc("hc", "198.19.1.2", type="LoadBalancer", node_port=30101, externalTrafficPolicy="Local",
+            healthCheckNodePort=32101, status={"loadBalancer": {"ingress": [{"ip": "198.18.0.211"}]}}),
+        slice_of("hc", [world.web[1]]),
+    ])
+    assert http_get(world, world.outside, f"http://{n1.ip}:32101/")[0] == 503
+    assert http_get(world, world.outside, f"http://{n2.ip}:32101/")[0] == 200
+    world.agents.delete("hc")
+    with pytest.raises(Exception):
+        http_get(world, world.outside, f"http://{n2.ip}:32101/")  # the server went with the Service
+
+
+def test_internal_traffic_policy_local(world: World) -> None:
+    world.agents.apply("itp", [svc("itp", "198.19.1.3", internalTrafficPolicy="Local"),
+                               slice_of("itp", world.web)])
+    results = world.cluster.probe(world.pod_client, "198.19.1.3", 80, count=40)
+    assert set(landed(results)) == {"web-1", "web-3"}, "only node-1's endpoints"
+    world.agents.apply("itp", [svc("itp", "198.19.1.3", internalTrafficPolicy="Local"),
+                               slice_of("itp", [world.web[1]])])
+    assert landed(world.cluster.probe(world.pod_client, "198.19.1.3", 80, count=1)) == {"error:timeout": 1}, \
+        "no local endpoint: dropped, not sent across"
+
+
+def test_session_affinity(world: World) -> None:
+    spec = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 3}}}
+    world.agents.apply("aff", [svc("aff", "198.19.1.4", **spec), slice_of("aff", world.web)])
+    world.cluster.add_route(world.outside, "198.19.1.4/32", world.node(0).ip)
+    sources = [f"198.18.0.{180 + i}" for i in range(12)]
+    for address in sources:
+        world.cluster.exec(world.outside, ["ip", "addr", "add", f"{address}/24", "dev", world.outside.lan_ifname])
+    first: dict[str, str] = {}
+    for address in sources:
+        got = landed(world.cluster.probe(world.outside, "198.19.1.4", 80, count=6, bind=address))
+        assert len(got) == 1 and next(iter(got)).startswith("web-"), f"{address} sticks to one endpoint: {got}"
+        first[address] = next(iter(got))
+    assert len(set(first.values())) >= 2, f"many clients still spread: {first}"
+    # the endpoint a client sticks to goes away: the client is released to a live one
+    client_ip = sources[0]
+    gone = first[client_ip]
+    world.agents.apply("aff", [svc("aff", "198.19.1.4", **spec), slice_of("aff", [p for p in world.web if p.name != gone])])
+    got = landed(world.cluster.probe(world.outside, "198.19.1.4", 80, count=4, bind=client_ip, timeout=5.0))
+    assert gone not in got and sum(got.values()) == 4 and len(got) == 1, got
+    # the timeout passes: the entry expires
+    listing = world.cluster.exec(world.node(0), ["nft", "list", "map", "inet", "nftproxy", "affinity-v4"]).stdout
+    assert f"{client_ip} . 198.19.1.4 . tcp . 80" in listing
+    time.sleep(3.5)
+    listing = world.cluster.exec(world.node(0), ["nft", "list", "map", "inet", "nftproxy", "affinity-v4"]).stdout
+    assert f"{client_ip} . 198.19.1.4" not in listing
+
+
+def test_load_balancer_source_ranges(world: World) -> None:
+    world.agents.apply("fw", [
+        svc("fw", "198.19.1.5", type="LoadBalancer", node_port=30105, status={"loadBalancer": {"ingress": [{"ip": "198.18.0.212"}]}},
+            loadBalancerSourceRanges=[f" {world.outside.ip}/32 "]),
+        slice_of("fw", [world.web[0]]),
+    ])
+    for client in (world.outside, world.stranger):
+        world.cluster.add_route(client, "198.18.0.212/32", world.node(0).ip)
+    assert landed(world.cluster.probe(world.outside, "198.18.0.212", 80, count=3)) == {"web-1": 3}
+    assert landed(world.cluster.probe(world.stranger, "198.18.0.212", 80, count=1)) == {"error:timeout": 1}
+    # as upstream: source ranges guard the LoadBalancer IP, not the NodePort
+    assert landed(world.cluster.probe(world.stranger, world.node(0).ip, 30105, count=2)) == {"web-1": 2}
+
+
+def test_terminating_endpoints_and_publish_not_ready(world: World) -> None:
+    terminating = {"ready": False, "serving": True, "terminating": True}
+    world.agents.apply("term", [svc("term", "198.19.1.6"),
+                                slice_of("term", [world.web[1]], conditions=terminating)])
+    assert landed(world.cluster.probe(world.pod_client, "198.19.1.6", 80, count=3)) == {"web-2": 3}, \
+        "no ready endpoint: serving terminating ones keep the Service up"
+    world.agents.apply("term", [svc("term", "198.19.1.6"),
+                                slice_of("term", [world.web[1]], name="term-old", conditions=terminating),
+                                slice_of("term", [world.web[0]], name="term-new")])
+    assert landed(world.cluster.probe(world.pod_client, "198.19.1.6", 80, count=10)) == {"web-1": 10}
+    not_ready = {"ready": False, "serving": False, "terminating": False}
+    world.agents.apply("term", [svc("term", "198.19.1.6"), slice_of("term", [world.web[2]], conditions=not_ready)])
+    assert landed(world.cluster.probe(world.pod_client, "198.19.1.6", 80, count=1)) == {"error:refused": 1}
+    world.agents.apply("term", [svc("term", "198.19.1.6", publishNotReadyAddresses=True),
+                                slice_of("term", [world.web[2]], conditions=not_ready)])
+    assert landed(world.cluster.probe(world.pod_client, "198.19.1.6", 80, count=3)) == {"web-3": 3}
+
+
+def test_topology_hints_prefer_close(world: World) -> None:
+    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": z}}}
+             for n, z in zip(world.cluster.nodes, ("zone-a", "zone-b"))]
+    hints = {"web-1": {"zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
+             "web-3": {"zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
+             "web-2": {"zone": "zone-b", "hints": {"forZones": [{"name": "zone-b"}]}}}
+    world.agents.apply("topo", [*nodes, svc("topo", "198.19.1.7", trafficDistribution="PreferClose"),
+                                slice_of("topo", world.web, per_endpoint=hints)])
+    assert set(landed(world.cluster.probe(world.pod_client, "198.19.1.7", 80, count=30))) == {"web-1", "web-3"}
+    partial = dict(hints)
+    partial["web-2"] = {"zone": "zone-b"}  # one endpoint without hints: hints are ignored, as upstream
+    world.agents.apply("topo", [*nodes, svc("topo", "198.19.1.7", trafficDistribution="PreferClose"),
+                                slice_of("topo", world.web, per_endpoint=partial)])
+    assert set(landed(world.cluster.probe(world.pod_client, "198.19.1.7", 80, count=40))) == {"web-1", "web-2", "web-3"}
+    world.agents.delete("topo")
+
+
+def test_stale_udp_flows_move_to_a_live_endpoint(world: World) -> None:
+    world.agents.apply("dns", [svc("dns", "198.19.1.8", protocol="UDP", port=53),
+                               slice_of("dns", [world.web[0]], protocol="UDP")])
+    results = world.cluster.probe(world.pod_client, "198.19.1.8", 53, proto="udp", count=3, source_port=40053)
+    assert landed(results) == {"web-1": 3}
+    world.agents.apply("dns", [svc("dns", "198.19.1.8", protocol="UDP", port=53),
+                               slice_of("dns", [world.web[1]], protocol="UDP")])
+    # same source port, like a resolver: web-1 still runs, so only a deleted conntrack entry moves it
+    results = world.cluster.probe(world.pod_client, "198.19.1.8", 53, proto="udp", count=3, source_port=40053)
+    assert landed(results) == {"web-2": 3}
+
+
+def test_weighted_endpoints(world: World) -> None:
+    weights = json.dumps({world.web[0].ip: 3, "web-2": 1})
+    world.agents.apply("weighted", [
+        svc("weighted", "198.19.1.9", annotations={"nftproxy.io/endpoint-weights": weights}),
+        slice_of("weighted", [world.web[0], world.web[1]]),
+    ])
+    counts = landed(world.cluster.probe(world.pod_client, "198.19.1.9", 80, count=4000, timeout=2.0))
+    assert sum(counts.values()) == 4000, counts
+    assert abs(counts["web-1"] / 4000 - 0.75) <= 0.04 and abs(counts["web-2"] / 4000 - 0.25) <= 0.04, counts
+
+
+def _sctp_supported() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _sctp_supported(), reason="this kernel has no SCTP sockets (EPROTONOSUPPORT): "
+                    "SCTP rules are covered by the ruleset tests only")
+def test_sctp_service(world: World) -> None:
+    sctp_pod = world.cluster.add_pod(world.node(1), "sctp-1", tcp=(), udp=(), sctp=(9999,))
+    world.agents.apply("sctp", [service("sctp", "198.19.1.10", [{"name": "s", "port": 99, "protocol": "SCTP"}]),
+                                {**slice_of("sctp", [sctp_pod]), "ports": [{"name": "s", "port": 9999, "protocol": "SCTP"}]}])
+    assert landed(world.cluster.probe(world.pod_client, "198.19.1.10", 99, proto="sctp", count=3)) == {"sctp-1": 3}
