@@ -306,6 +306,8 @@ def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = Non
         result["nft_peak_kib"], result["peak_method"] = peak_rss_kib(["nft", "-f", str(path)])
         kernel.delete_table()
         result["nft_stdin_peak_kib"], _ = peak_rss_kib(["nft", "-f", "-"], stdin=path)
+    _progress(f"{n} x {endpoints}: cold syncs {', '.join(f'{x:.3f}' for x in cold)} s; "
+              f"nft -f {', '.join(f'{x:.3f}' for x in nft_times)} s; one-Service changes ...")
     result["cold_runs_s"] = cold
     result["nft_runs_s"] = nft_times
     result["cold_s"] = statistics.median(cold)
@@ -425,12 +427,22 @@ def _machine() -> dict[str, str]:
     except OSError:
         nft = "nft not found"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    root = Path(__file__).resolve().parents[1]
+    commit = ""
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True)
+        if head.returncode == 0:
+            commit = head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
     return {
         "cores": str(cores),
         "kernel": platform.release(),
         "nft": nft,
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load": "/".join(f"{x:.2f}" for x in os.getloadavg()),
+        "commit": commit,
     }
 
 
@@ -638,7 +650,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _machine_line(m: dict[str, str]) -> str:
-    return f"{m['cores']} cores, Linux {m['kernel']}, {m['nft']}, Python {m['python']}, {m['date']}"
+    commit = f", nftproxy {m['commit']}" if m.get("commit") else ""
+    return (f"{m['cores']} cores, Linux {m['kernel']}, {m['nft']}, Python {m['python']}{commit}, {m['date']}, "
+            f"load average {m['load']} at the start")
 
 
 def render_text(results: list[dict[str, Any]], notes: list[str], machine: dict[str, str]) -> str:

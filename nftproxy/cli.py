@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=("plain", "json"), default=None)
 
     cleanup = sub.add_parser("cleanup", help="remove everything nftproxy created, and nothing else")
+    cleanup.add_argument("--kube-proxy", action="store_true",
+                         help="instead, remove what kube-proxy left behind (its nftables tables and iptables "
+                              "KUBE-* chains) so this node can switch to nftproxy")
     cleanup.add_argument("--log-format", choices=("plain", "json"), default="plain")
 
     demo = sub.add_parser("demo", help="build a namespace cluster, apply example Services, show traffic")
@@ -120,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(settings.log_format)
             return cmd_run(args, settings)
         if args.command == "cleanup":
-            return cmd_cleanup()
+            return cmd_cleanup_kube_proxy() if args.kube_proxy else cmd_cleanup()
         if args.command == "demo":
             from .demo import run_demo
 
@@ -146,6 +149,18 @@ def cmd_cleanup() -> int:
         log.error("cleanup failed: %s", err)
         return 1
     log.info("removed table inet nftproxy")
+    return 0
+
+
+def cmd_cleanup_kube_proxy() -> int:
+    from .kernel.kube_proxy import remove_kube_proxy_leftovers
+    from .kernel.nft import NftablesKernel
+
+    removed = remove_kube_proxy_leftovers(NftablesKernel().delete_foreign_table)
+    for line in removed:
+        log.info("removed %s", line)
+    if not removed:
+        log.info("nothing of kube-proxy's was left on this node")
     return 0
 
 

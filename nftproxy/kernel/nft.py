@@ -43,6 +43,14 @@ class NftablesKernel:
         """Remove nftproxy's table and nothing else (add first, so a missing table is no error)."""
         self.run_script(f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
 
+    def delete_foreign_table(self, family: str, name: str) -> bool:
+        """Delete another program's table if it exists (cleanup only, never in the sync path)."""
+        proc = subprocess.run(["nft", "list", "tables", family], capture_output=True, text=True)
+        if f"table {family} {name}" not in proc.stdout.splitlines():
+            return False
+        self.run_script(f"delete table {family} {name}\n")
+        return True
+
     def _library(self) -> Any:
         if self._lib is None:
             try:
