@@ -183,6 +183,13 @@ def test_session_affinity(world: World) -> None:
     world.agents.apply("aff", [svc("aff", "198.19.1.4", **spec), slice_of("aff", [p for p in world.web if p.name != gone])])
     got = landed(world.cluster.probe(world.outside, "198.19.1.4", 80, count=4, bind=client_ip, timeout=5.0))
     assert gone not in got and sum(got.values()) == 4 and len(got) == 1, got
+    # affinity turned off: the same client spreads again at once (its entry no longer steers)
+    other = sources[1]
+    world.agents.apply("aff", [svc("aff", "198.19.1.4"), slice_of("aff", world.web)])
+    spread = landed(world.cluster.probe(world.outside, "198.19.1.4", 80, count=30, bind=other))
+    assert len(spread) >= 2, f"without affinity the client is balanced again: {spread}"
+    world.agents.apply("aff", [svc("aff", "198.19.1.4", **spec), slice_of("aff", world.web)])
+    landed(world.cluster.probe(world.outside, "198.19.1.4", 80, count=1, bind=client_ip))
     # the timeout passes: the entry expires
     listing = world.cluster.exec(world.node(0), ["nft", "list", "map", "inet", "nftproxy", "affinity-v4"]).stdout
     assert f"{client_ip} . 198.19.1.4 . tcp . 80" in listing

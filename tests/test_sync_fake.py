@@ -33,8 +33,8 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
     assert kernel.dump() == sorted([
         "chain lb-cluster-v4-2 ip saddr != 198.18.128.0/17 meta mark set meta mark | 0x00004000",
         "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-cluster-v4-2",
-        "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
-        "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
+        "chain lb-cluster-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
+        "chain lb-external-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
         "chain lb-external-v4-2 meta mark set meta mark | 0x00004000",
         "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-external-v4-2",
         "chain lb-nodeport-v4-2 meta mark set meta mark | 0x00004000",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +27,19 @@ from .updates import Delete, SourceState, Update, Upsert
 
 log = logging.getLogger("nftproxy.loop")
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """RFC 3339 as the API writes it (Go's RFC3339Nano: up to 9 fractional digits) as a timestamp."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    if not match:
+        return None
+    base, fraction, zone = match.groups()
+    try:
+        stamp = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    except ValueError:
+        return None
+    return stamp + (float("0." + fraction) if fraction else 0.0)
 
 
 class SyncLoop:
@@ -90,9 +104,8 @@ class SyncLoop:
         service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
         if not text or not service:
             return
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except ValueError:
+        when = parse_rfc3339(text)
+        if when is None:
             return
         ref = ObjectRef(str(meta.get("namespace") or "default"), str(service))
         self.trigger_times[ref] = min(when, self.trigger_times.get(ref, when))

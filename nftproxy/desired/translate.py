@@ -57,7 +57,10 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
         rules.append(f"{ipx} saddr != {config.cluster_cidr(family)} {MARK_FOR_MASQUERADE}")
     if by_daddr:
         frontend = f"{ipx} daddr . meta l4proto . th dport"
-        rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {ipx} saddr . {frontend} map @affinity-v{family}")
+        # only frontends that have affinity now: entries of a Service that dropped it, or of a deleted
+        # Service whose address was reused, must not steer anything
+        rules.append(f"{frontend} @affinity-frontends-v{family} meta l4proto {{ tcp, udp, sctp }} "
+                     f"dnat {ipx} to {ipx} saddr . {frontend} map @affinity-v{family}")
     else:
         frontend = "meta l4proto . th dport"
     table = backends_map_name(kind, family, count)
@@ -174,6 +177,7 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
         b.chains.add(record)
         for key, backends in ((cluster_key, chosen.cluster), *((k, chosen.all) for k in external_frontends)):
             b.add("affinity-services", key, "jump " + record.name, comment)
+            b.add("affinity-frontends", key, None, comment)
             for backend in backends:
                 b.add("affinity-valid", f"{key} . {backend.value}", None, comment)
     for address in sorted({x.address for x in chosen.all}):

@@ -79,6 +79,8 @@ class NftablesKernel:
         proc = subprocess.run(argv, input=script, capture_output=True, text=True)
         if proc.returncode != 0:
             raise KernelError(_explain(proc.stderr, script))
+        if self.netns is None and self._lib is None:
+            self._library()  # load libnftables now, so the first small change does not pay for it
 
 
 def _explain(err: str, script: str) -> str:
