@@ -182,7 +182,7 @@ def cmd_once(args: argparse.Namespace, settings: RunSettings) -> int:
     for obj in changes.upserts:
         proxier.upsert(obj)
     if args.dry_run:
-        sys.stdout.write(proxier.compute()[1].render())
+        sys.stdout.write(proxier.compute().transaction.render())
         return 0
     try:
         result = proxier.sync()

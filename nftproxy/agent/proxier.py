@@ -7,19 +7,21 @@ applies it as one transaction. The first sync and any sync after a failure rebui
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ProxyConfig
 from ..desired.conntrack import StaleFlows, stale_udp_flows
-from ..desired.elements import EMPTY, Fragment
+from ..desired.elements import EMPTY, Chain, Element, Fragment
 from ..desired.healthcheck import HealthCheck, health_check_of
 from ..desired.translate import config_fragment, service_fragment
 from ..diff.committed import Committed
 from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
+from ..diff.rebuild import Rebuilt, rebuild
 from ..kernel import Kernel, KernelError
 from ..objects.model import EndpointSlice, Node, ObjectRef, Service
 from ..objects.parse import InvalidObject, object_ref, parse_endpoint_slice, parse_node, parse_service
@@ -28,6 +30,17 @@ from ..transaction.transaction import Transaction
 log = logging.getLogger("nftproxy.proxier")
 
 ServiceInputs = tuple[Service, tuple[EndpointSlice, ...]]
+
+
+@dataclass(slots=True)
+class PendingSync:
+    """What a sync would send, and what it commits once the kernel accepted it."""
+
+    transaction: Transaction
+    new_inputs: dict[ObjectRef, ServiceInputs | None]
+    rebuild: bool
+    plan: Plan | None = None
+    rebuilt: Rebuilt | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +75,7 @@ class Proxier:
         self.node: Node | None = None
         self.invalid: dict[tuple[str, ObjectRef], str] = {}  # what we already reported, to report once
         self.committed_inputs: dict[ObjectRef, ServiceInputs] = {}
+        self.committed_owners: dict[str, ObjectRef] = {}  # owner id -> Service, for value lookups
         self.committed = Committed()
         self.dirty: set[ObjectRef] = set()
         self.needs_rebuild = True
@@ -180,39 +194,84 @@ class Proxier:
     def pending(self) -> bool:
         return self.needs_rebuild or bool(self.dirty)
 
-    def compute(self) -> tuple[Plan, Transaction, dict[ObjectRef, ServiceInputs | None], bool]:
-        """Pure with respect to the kernel: what the next sync would send, and the inputs it commits."""
-        rebuild = self.needs_rebuild
-        refs = set(self.services) | set(self.committed_inputs) if rebuild else set(self.dirty)
+    def compute(self) -> PendingSync:
+        """Pure with respect to the kernel: what the next sync would send, and what it then commits."""
+        if self.needs_rebuild:
+            return self._compute_rebuild()
+        refs = set(self.dirty)
         new_inputs = {ref: self._inputs(ref) for ref in refs}
         changes: list[Change] = []
-        if rebuild:
-            changes.append(Change(CONFIG_OWNER, EMPTY, config_fragment(self.config)))
-            for ref, inputs in new_inputs.items():
+        for ref, inputs in new_inputs.items():
+            old = self.committed_inputs.get(ref)
+            if old == inputs:
+                continue
+            old_owner = self._owner(old) if old else None
+            new_owner = self._owner(inputs) if inputs else None
+            if old_owner == new_owner:
+                changes.append(Change(old_owner or "", self._fragment(old), self._fragment(inputs)))
+            else:
+                if old is not None:
+                    changes.append(Change(old_owner or "", self._fragment(old), EMPTY))
                 if inputs is not None:
-                    changes.append(Change(self._owner(inputs), EMPTY, self._fragment(inputs)))
-            the_plan = plan({}, {}, changes)
-        else:
-            for ref, inputs in new_inputs.items():
-                old = self.committed_inputs.get(ref)
-                if old == inputs:
-                    continue
-                old_owner = self._owner(old) if old else None
-                new_owner = self._owner(inputs) if inputs else None
-                if old_owner == new_owner:
-                    changes.append(Change(old_owner or "", self._fragment(old), self._fragment(inputs)))
-                else:
-                    if old is not None:
-                        changes.append(Change(old_owner or "", self._fragment(old), EMPTY))
-                    if inputs is not None:
-                        changes.append(Change(new_owner or "", EMPTY, self._fragment(inputs)))
-            the_plan = plan(self.committed.claims, self.committed.chains, changes)
-        return the_plan, Transaction.from_plan(the_plan, rebuild=rebuild), new_inputs, rebuild
+                    changes.append(Change(new_owner or "", EMPTY, self._fragment(inputs)))
+        the_plan = plan(self.committed.claims, self.committed.chains, changes, self._committed_lookup())
+        return PendingSync(Transaction.from_plan(the_plan), new_inputs, False, plan=the_plan)
+
+    def _compute_rebuild(self) -> PendingSync:
+        refs = set(self.services) | set(self.committed_inputs)
+        new_inputs = {ref: self._inputs(ref) for ref in refs}
+        present = sorted((self._owner(inputs), inputs) for inputs in new_inputs.values() if inputs is not None)
+
+        def owned() -> Iterator[tuple[str, Iterable[Element], Iterable[Chain]]]:
+            config = config_fragment(self.config)
+            yield CONFIG_OWNER, config.elements, config.chains
+            for owner, inputs in present:
+                fragment = self._fragment(inputs)
+                yield owner, fragment.elements, fragment.chains
+
+        rebuilt = rebuild(owned())
+        tx = Transaction(rebuild=True, add_chains=rebuilt.add_chains, add_elements=rebuilt.add_elements)
+        return PendingSync(tx, new_inputs, True, rebuilt=rebuilt)
+
+    def _committed_lookup(self) -> Callable[[str, str, str], tuple[str | None, str | None]]:
+        """An unchanged owner's value for an element, recomputed from the objects last committed."""
+        by_owner = self.committed_owners
+        cache: dict[str, dict[tuple[str, str], Element]] = {}
+
+        def lookup(owner: str, set_name: str, key: str) -> tuple[str | None, str | None]:
+            elements = cache.get(owner)
+            if elements is None:
+                ref = by_owner.get(owner)
+                inputs = self.committed_inputs.get(ref) if ref is not None else None
+                fragment = config_fragment(self.config) if owner == CONFIG_OWNER else self._fragment(inputs)
+                elements = cache[owner] = {(el.set, el.key): el for el in fragment.elements}
+            el = elements.get((set_name, key))
+            return (el.value, el.comment) if el is not None else (None, None)
+
+        return lookup
 
     def sync(self) -> SyncResult:
-        """Bring the kernel in step; on failure the next sync rebuilds the whole table."""
+        """Bring the kernel in step; on failure the next sync rebuilds the whole table.
+
+        The cycle collector stays off while a sync allocates (a rebuild creates millions of small
+        objects, and full collections over them cost as much as the work); after a rebuild the
+        long-lived state is frozen out of future collections.
+        """
         started = time.monotonic()
-        the_plan, tx, new_inputs, rebuild = self.compute()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            result = self._sync(started)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if result.rebuild:
+            gc.freeze()  # what the rebuild keeps lives long: keep it out of future collections
+        return result
+
+    def _sync(self, started: float) -> SyncResult:
+        pending = self.compute()
+        tx, new_inputs, rebuild_ = pending.transaction, pending.new_inputs, pending.rebuild
         script_bytes = 0
         if not tx.is_empty():
             try:
@@ -228,28 +287,38 @@ class Proxier:
                 old = self.committed_inputs.get(ref)
                 if old != inputs:
                     stale += stale_udp_flows(old, inputs, self.config, zone)
-        if rebuild:
-            self.committed = Committed()
+        if rebuild_:
+            assert pending.rebuilt is not None
+            self.committed = Committed(pending.rebuilt)
             self.committed_inputs = {}
-        self.committed.apply(the_plan)
+            self.committed_owners = {}
+            conflicts = pending.rebuilt.conflicts
+        else:
+            assert pending.plan is not None
+            self.committed.apply(pending.plan)
+            conflicts = pending.plan.conflicts
         for ref, inputs in new_inputs.items():
+            old = self.committed_inputs.get(ref)
+            if old is not None and self.committed_owners.get(self._owner(old)) == ref:
+                del self.committed_owners[self._owner(old)]
             if inputs is None:
                 self.committed_inputs.pop(ref, None)
             else:
                 self.committed_inputs[ref] = inputs
+                self.committed_owners[self._owner(inputs)] = ref
         self.dirty.clear()
         self.needs_rebuild = False
-        self._log_conflicts(the_plan.conflicts)
+        self._log_conflicts(conflicts)
         if stale and self.on_stale_flows is not None:
             self.on_stale_flows(stale)
-        self._update_health_checks(new_inputs, rebuild)
+        self._update_health_checks(new_inputs, rebuild_)
         return SyncResult(
-            rebuild=rebuild,
+            rebuild=rebuild_,
             operations=tx.operation_count(),
             services_synced=len(new_inputs),
             seconds=time.monotonic() - started,
             script_bytes=script_bytes,
-            conflicts=the_plan.conflicts,
+            conflicts=conflicts,
             synced_refs=list(new_inputs),
         )
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..objects.model import Endpoint, EndpointSlice, Service, ServicePort
 
 
-@dataclass(frozen=True, slots=True)
-class Backend:
+class Backend(NamedTuple):
     address: str
     port: int
     weight: int
@@ -61,6 +61,11 @@ def select(
             key = (ep.address, target)
             if key not in found or (ep.ready and not found[key][0].ready):
                 found[key] = (ep, target)
+    if not svc.weights and not svc.prefer_close and not svc.internal_traffic_local and all(
+            ep.ready and ep.weight == 1 for ep, _ in found.values()):
+        # the common case: every endpoint ready, equal weights, no topology
+        every = tuple(Backend(a, t, 1, ep.node_name == node_name, True) for (a, t), (ep, _) in sorted(found.items()))
+        return Selection(cluster=every, all=every, local=tuple(b for b in every if b.local), any_endpoints=bool(every))
     weights = dict(svc.weights)
     candidates: list[Backend] = []
     serving_terminating: dict[tuple[str, int], bool] = {}

@@ -15,6 +15,7 @@ Frontends and where they go (per family):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from ..config import ProxyConfig
 from ..objects.model import EndpointSlice, Service, ServicePort
@@ -46,6 +47,7 @@ def backends_map_name(kind: str, family: int, count: int) -> str:
     return f"backends-{kind}-v{family}-{count}"
 
 
+@lru_cache(maxsize=4096)
 def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
     """A shared load-balancing chain with its own backends map (see rules/nftproxy.nft for why)."""
     ipx = _IPX[family]
@@ -120,7 +122,7 @@ def service_fragment(svc: Service, slices: Iterable[EndpointSlice], config: Prox
                      node_zone: str | None = None) -> Fragment:
     """Everything the kernel must hold for one Service."""
     slices = tuple(slices)
-    elements: list[Element] = []
+    elements: dict[tuple[str, str], Element] = {}
     chains: set[Chain] = set()
     for cluster_ip in svc.cluster_ips:
         family = 6 if ":" in cluster_ip else 4
@@ -131,9 +133,10 @@ def service_fragment(svc: Service, slices: Iterable[EndpointSlice], config: Prox
         ranges = [c for c in svc.source_ranges if (6 if ":" in c else 4) == family]
         for port in svc.ports:
             _translate_port(b, svc, port, cluster_ip, externals, lb_ips, ranges, slices, node_zone)
-        elements += b.elements
+        for el in b.elements:  # one element per key: the first generated wins (ClusterIP before external)
+            elements.setdefault((el.set, el.key), el)
         chains |= b.chains
-    return Fragment(frozenset(elements), frozenset(chains))
+    return Fragment(frozenset(elements.values()), frozenset(chains))
 
 
 def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: str, externals: list[str],

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..desired.elements import Chain
-from .plan import Entry, Plan
+from .plan import Claims, Plan
+from .rebuild import Rebuilt
 
 
 class Committed:
@@ -13,9 +14,9 @@ class Committed:
     fails, this still describes what the kernel holds.
     """
 
-    def __init__(self) -> None:
-        self.claims: dict[str, dict[str, Entry]] = {}
-        self.chains: dict[str, tuple[Chain, int]] = {}
+    def __init__(self, rebuilt: Rebuilt | None = None) -> None:
+        self.claims: Claims = rebuilt.claims if rebuilt else {}
+        self.chains: dict[str, tuple[Chain, int]] = rebuilt.chains if rebuilt else {}
 
     def apply(self, plan: Plan) -> None:
         for (set_name, key), entry in plan.entry_updates.items():

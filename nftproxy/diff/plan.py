@@ -12,16 +12,19 @@ make once the kernel accepted them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..desired.elements import Chain, Element, Fragment
 
 CONFIG_OWNER = ""  # sorts before every Service owner
 
-Claim = tuple[str, str | None, str | None]  # owner, value, comment
-# One claim, or several ordered by owner (winner first); a str at [0] tells the single form apart.
-Entry = Claim | tuple[Claim, ...]
+# Who claims each element: set name -> key -> owner, or owners in priority order (winner first).
+# Values are not stored: they are a pure function of the owner's committed objects, recomputed
+# (`ValueLookup`) on the rare occasions a conflict needs them. That keeps the committed state small.
+Owners = str | tuple[str, ...]
+Claims = dict[str, dict[str, Owners]]
+ValueLookup = Callable[[str, str, str], tuple[str | None, str | None]]  # owner, set, key -> (value, comment)
 
 
 def service_owner(creation: str, namespace: str, name: str) -> str:
@@ -29,18 +32,18 @@ def service_owner(creation: str, namespace: str, name: str) -> str:
     return f"{creation or '~'} {namespace}/{name}"
 
 
-def claims_of(entry: Entry | None) -> tuple[Claim, ...]:
+def owners_of(entry: Owners | None) -> tuple[str, ...]:
     if entry is None:
         return ()
-    return (entry,) if isinstance(entry[0], str) else entry  # type: ignore[return-value]
+    return (entry,) if isinstance(entry, str) else entry
 
 
-def pack(claims: list[Claim]) -> Entry | None:
-    if not claims:
+def pack(owners: list[str]) -> Owners | None:
+    if not owners:
         return None
-    if len(claims) == 1:
-        return claims[0]
-    return tuple(sorted(claims))
+    if len(owners) == 1:
+        return owners[0]
+    return tuple(sorted(owners))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class Plan:
     delete_elements: list[Element] = field(default_factory=list)
     add_elements: list[Element] = field(default_factory=list)
     delete_chains: list[Chain] = field(default_factory=list)
-    entry_updates: dict[tuple[str, str], Entry | None] = field(default_factory=dict)
+    entry_updates: dict[tuple[str, str], Owners | None] = field(default_factory=dict)
     chain_updates: dict[str, tuple[Chain, int] | None] = field(default_factory=dict)
     conflicts: list[Conflict] = field(default_factory=list)
 
@@ -75,32 +78,39 @@ class Plan:
         return len(self.add_chains) + len(self.delete_elements) + len(self.add_elements) + len(self.delete_chains)
 
 
-ClaimsView = Mapping[str, Mapping[str, Entry]]  # set name -> key -> entry
+ClaimsView = Mapping[str, Mapping[str, Owners]]
 ChainsView = Mapping[str, tuple[Chain, int]]  # chain name -> (chain, reference count)
 
 
-def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change]) -> Plan:
+def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change], lookup: ValueLookup) -> Plan:
+    """Kernel operations for the changed owners; `lookup` gives an unchanged owner's value for a key."""
     result = Plan()
-    # Gather, per element key, the claims each changed owner drops and adds.
-    touched: dict[tuple[str, str], list[Claim]] = {}
+    old_values: dict[tuple[str, str, str], tuple[str | None, str | None]] = {}
+    new_values: dict[tuple[str, str, str], tuple[str | None, str | None]] = {}
+    touched: dict[tuple[str, str], list[str]] = {}
     chain_delta: dict[str, tuple[Chain, int]] = {}
+
+    def current(el: Element) -> list[str]:
+        ident = (el.set, el.key)
+        owners = touched.get(ident)
+        if owners is None:
+            owners = touched[ident] = list(owners_of(claims.get(el.set, {}).get(el.key)))
+        return owners
+
     for change in changes:
         if change.old is change.new:
             continue
         owner = change.owner
         for el in change.old.elements - change.new.elements:
-            ident = (el.set, el.key)
-            current = touched.get(ident)
-            if current is None:
-                current = touched[ident] = list(claims_of(claims.get(el.set, {}).get(el.key)))
-            current[:] = [c for c in current if c[0] != owner]
+            old_values[(owner, el.set, el.key)] = (el.value, el.comment)
+            owners = current(el)
+            if owner in owners:
+                owners.remove(owner)
         for el in change.new.elements - change.old.elements:
-            ident = (el.set, el.key)
-            current = touched.get(ident)
-            if current is None:
-                current = touched[ident] = list(claims_of(claims.get(el.set, {}).get(el.key)))
-            current[:] = [c for c in current if c[0] != owner]
-            current.append((owner, el.value, el.comment))
+            new_values[(owner, el.set, el.key)] = (el.value, el.comment)
+            owners = current(el)
+            if owner not in owners:
+                owners.append(owner)
         for ch in change.old.chains - change.new.chains:
             prev = chain_delta.get(ch.name, (ch, 0))
             chain_delta[ch.name] = (ch, prev[1] - 1)
@@ -108,24 +118,46 @@ def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change]) -> P
             prev = chain_delta.get(ch.name, (ch, 0))
             chain_delta[ch.name] = (ch, prev[1] + 1)
 
+    changed = {c.owner for c in changes}
+
+    def value(owner: str, set_name: str, key: str, values: dict[tuple[str, str, str], tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
+        if set_name.startswith("hairpin"):
+            return (None, None)
+        found = values.get((owner, set_name, key))
+        if found is not None:
+            return found
+        return lookup(owner, set_name, key)
+
     for (set_name, key), now in touched.items():
-        before_entry = claims.get(set_name, {}).get(key)
-        before = claims_of(before_entry)
+        before = owners_of(claims.get(set_name, {}).get(key))
         if len(now) > 1:
             now.sort()
-        after = pack(now)
-        result.entry_updates[(set_name, key)] = after
-        for loser in now[1:]:
-            if not set_name.startswith("hairpin"):  # shared by design, not a conflict
-                result.conflicts.append(Conflict(loser[0], now[0][0], Element(set_name, key, loser[1], loser[2])))
-        old_win = before[0][1:] if before else None
-        new_win = now[0][1:] if now else None
-        if old_win == new_win:
+        result.entry_updates[(set_name, key)] = pack(now)
+        shared = set_name.startswith("hairpin")  # shared by design, never a conflict, never a value
+        if not shared:
+            for loser in now[1:]:
+                result.conflicts.append(Conflict(loser, now[0], Element(set_name, key, *value(loser, set_name, key, new_values))))
+        old_winner = before[0] if before else None
+        new_winner = now[0] if now else None
+        if old_winner is None and new_winner is None:
             continue
-        if old_win is not None:
-            result.delete_elements.append(Element(set_name, key, *old_win))
-        if new_win is not None:
-            result.add_elements.append(Element(set_name, key, *new_win))
+        old_val = value(old_winner, set_name, key, old_values) if old_winner is not None and old_winner in changed else None
+        if old_winner is not None and old_winner not in changed:
+            if old_winner == new_winner:
+                continue  # an unchanged owner still holds it
+            old_val = (None, None) if shared else lookup(old_winner, set_name, key)
+        new_val = None
+        if new_winner is not None:
+            if new_winner in changed:
+                new_val = value(new_winner, set_name, key, new_values)
+            else:
+                new_val = (None, None) if shared else lookup(new_winner, set_name, key)
+        if old_winner is not None and new_winner is not None and old_val == new_val:
+            continue
+        if old_winner is not None:
+            result.delete_elements.append(Element(set_name, key, *(old_val or (None, None))))
+        if new_winner is not None:
+            result.add_elements.append(Element(set_name, key, *(new_val or (None, None))))
 
     for name, (chain, delta) in chain_delta.items():
         if delta == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..desired.elements import Chain, Element
 from ..desired.skeleton import FAMILY, TABLE, skeleton_text
@@ -12,6 +13,7 @@ from ..diff.plan import Plan
 _BATCH = 4096  # elements per `add element` statement: keeps statements short without costing parse time
 
 
+@lru_cache(maxsize=65536)
 def quote_comment(text: str) -> str:
     """nft comments are double-quoted and limited in length; names never need more."""
     cleaned = text.replace("\\", "").replace('"', "").replace("\n", " ")
@@ -73,8 +75,17 @@ def render_element(el: Element, with_values: bool) -> str:
 
 def _element_statements(verb: str, target: str, elements: Iterable[Element], with_values: bool) -> list[str]:
     by_set: dict[str, list[str]] = {}
-    for el in elements:
-        by_set.setdefault(el.set, []).append(render_element(el, with_values))
+    for set_name, key, value, comment in elements:
+        items = by_set.get(set_name)
+        if items is None:
+            items = by_set[set_name] = []
+        if not with_values:
+            items.append(key)
+        elif comment:
+            items.append(f"{key} comment {quote_comment(comment)} : {value}" if value is not None
+                         else f"{key} comment {quote_comment(comment)}")
+        else:
+            items.append(f"{key} : {value}" if value is not None else key)
     out: list[str] = []
     for set_name in sorted(by_set):
         items = by_set[set_name]
