@@ -252,11 +252,16 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
     proxier = Proxier(settings.proxy, NftablesKernel(), on_invalid=on_invalid,
                       on_stale_flows=lambda flows: cleaner.delete(flows), on_health_checks=health_checks.update)
     loop = SyncLoop(proxier, updates, sources, settings.min_sync_period, settings.sync_period, health, metrics)
-    if settings.healthz_bind:
-        serve_health(health, *settings.healthz_bind)
-    if settings.metrics_bind:
-        metrics.serve(*settings.metrics_bind)
-        log.info("serving /metrics on %s:%d", *settings.metrics_bind)
+    try:
+        if settings.healthz_bind:
+            serve_health(health, *settings.healthz_bind)
+        if settings.metrics_bind:
+            metrics.serve(*settings.metrics_bind)
+            log.info("serving /metrics on %s:%d", *settings.metrics_bind)
+    except OSError as err:
+        log.error("cannot listen for /healthz or /metrics (%s): is another proxy (kube-proxy?) running on this "
+                  "node? Change --healthz-bind-address / --metrics-bind-address or stop it", err.strerror or err)
+        return 1
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("received %s: exiting, rules stay in place", signal.Signals(signum).name)

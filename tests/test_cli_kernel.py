@@ -109,3 +109,21 @@ def test_dry_run_prints_the_transaction_and_applies_nothing(netns: str, tmp_path
     # and the printed transaction is exactly what the kernel accepts
     nft(netns, "-f", "-", input=result.stdout)
     assert "198.18.129.2 . 8080" in nft(netns, "list", "table", "inet", "nftproxy")
+
+
+def test_a_taken_health_port_stops_startup_with_a_clear_message(netns: str, tmp_path: Path) -> None:
+    manifest = tmp_path / "objs.yaml"
+    write(manifest, [service("web", "198.19.0.10")])
+    holder = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c",
+                               "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+                               "s.bind(('0.0.0.0', 10256)); s.listen(); print('ready', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        result = nftproxy(netns, "run", "--manifests", str(manifest))
+        assert result.returncode == 1
+        assert "cannot listen for /healthz or /metrics" in result.stderr and "kube-proxy" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,7 @@ applies it as one transaction. The first sync and any sync after a failure rebui
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import time
@@ -18,7 +19,8 @@ from ..config import ProxyConfig
 from ..desired.conntrack import StaleFlows, stale_udp_flows
 from ..desired.elements import EMPTY, Chain, Element, Fragment
 from ..desired.healthcheck import HealthCheck, health_check_of
-from ..desired.translate import config_fragment, service_fragment
+from ..desired.skeleton import FAMILY, TABLE
+from ..desired.translate import config_fragment, service_elements, service_fragment
 from ..diff.committed import Committed
 from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
 from ..diff.rebuild import Rebuilt, rebuild
@@ -30,6 +32,14 @@ from ..transaction.transaction import Transaction
 log = logging.getLogger("nftproxy.proxier")
 
 ServiceInputs = tuple[Service, tuple[EndpointSlice, ...]]
+
+
+def _return_free_memory() -> None:
+    """Give the pages a rebuild freed back to the system (glibc; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(slots=True)
@@ -225,12 +235,13 @@ class Proxier:
         def owned() -> Iterator[tuple[str, Iterable[Element], Iterable[Chain]]]:
             config = config_fragment(self.config)
             yield CONFIG_OWNER, config.elements, config.chains
-            for owner, inputs in present:
-                fragment = self._fragment(inputs)
-                yield owner, fragment.elements, fragment.chains
+            zone = self.node.zone if self.node else None
+            for owner, (svc, slices) in present:
+                yield (owner, *service_elements(svc, slices, self.config, zone))
 
-        rebuilt = rebuild(owned())
-        tx = Transaction(rebuild=True, add_chains=rebuilt.add_chains, add_elements=rebuilt.add_elements)
+        rebuilt = rebuild(owned(), f"{FAMILY} {TABLE}")
+        tx = Transaction(rebuild=True, add_chains=rebuilt.add_chains, rendered_elements=rebuilt.element_text,
+                         rendered_count=rebuilt.element_count)
         return PendingSync(tx, new_inputs, True, rebuilt=rebuilt)
 
     def _committed_lookup(self) -> Callable[[str, str, str], tuple[str | None, str | None]]:
@@ -267,6 +278,7 @@ class Proxier:
                 gc.enable()
         if result.rebuild:
             gc.freeze()  # what the rebuild keeps lives long: keep it out of future collections
+            _return_free_memory()
         return result
 
     def _sync(self, started: float) -> SyncResult:

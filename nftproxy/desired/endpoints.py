@@ -24,6 +24,7 @@ class Backend(NamedTuple):
     weight: int
     local: bool
     ready: bool
+    node_unknown: bool = False
 
     @property
     def value(self) -> str:
@@ -51,6 +52,7 @@ def select(
     node_name: str, node_zone: str | None,
 ) -> Selection:
     found: dict[tuple[str, int], tuple[Endpoint, int]] = {}
+    plain = True  # every endpoint ready with weight 1
     for sl in slices:
         if sl.family != family:
             continue
@@ -61,10 +63,12 @@ def select(
             key = (ep.address, target)
             if key not in found or (ep.ready and not found[key][0].ready):
                 found[key] = (ep, target)
-    if not svc.weights and not svc.prefer_close and not svc.internal_traffic_local and all(
-            ep.ready and ep.weight == 1 for ep, _ in found.values()):
+            if not ep.ready or ep.weight != 1:
+                plain = False
+    if plain and not svc.weights and not svc.prefer_close and not svc.internal_traffic_local:
         # the common case: every endpoint ready, equal weights, no topology
-        every = tuple(Backend(a, t, 1, ep.node_name == node_name, True) for (a, t), (ep, _) in sorted(found.items()))
+        every = tuple(Backend(a, t, 1, ep.node_name == node_name, True, ep.node_name is None)
+                      for (a, t), (ep, _) in sorted(found.items()))
         return Selection(cluster=every, all=every, local=tuple(b for b in every if b.local), any_endpoints=bool(every))
     weights = dict(svc.weights)
     candidates: list[Backend] = []
@@ -78,7 +82,7 @@ def select(
             hints_usable = False
         if weight <= 0:
             continue
-        candidates.append(Backend(address, target, weight, ep.node_name == node_name, ready))
+        candidates.append(Backend(address, target, weight, ep.node_name == node_name, ready, ep.node_name is None))
     if hints_usable:
         zoned = {(a, t) for (a, t), (ep, _) in found.items() if node_zone in (ep.zone_hints or ())}
         hinted = [b for b in candidates if (b.address, b.port) in zoned]
@@ -98,5 +102,9 @@ def expand(backends: Sequence[Backend]) -> list[str]:
     """Backends-map values by index: each endpoint as many times as its weight."""
     out: list[str] = []
     for b in backends:
-        out.extend([b.value] * b.weight)
+        value = f"{b.address} . {b.port}"
+        if b.weight == 1:
+            out.append(value)
+        else:
+            out.extend([value] * b.weight)
     return out

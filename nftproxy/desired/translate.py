@@ -95,6 +95,9 @@ def port_comment(svc: Service, port: ServicePort) -> str:
     return f"{svc.ref}:{port.name or port.port}"
 
 
+_new = tuple.__new__  # builds an Element without the NamedTuple constructor's call overhead (hot path)
+
+
 class _Builder:
     def __init__(self, config: ProxyConfig, family: int) -> None:
         self.config = config
@@ -102,9 +105,10 @@ class _Builder:
         self.v = f"-v{family}"
         self.elements: list[Element] = []
         self.chains: set[Chain] = set()
+        self.hairpin: set[str] = set()
 
     def add(self, base: str, key: str, value: str | None = None, comment: str | None = None) -> None:
-        self.elements.append(Element(base + self.v, key, value, comment))
+        self.elements.append(_new(Element, (base + self.v, key, value, comment)))
 
     def balance(self, kind: str, key: str, backends: tuple[Backend, ...], comment: str) -> str:
         """Backends elements for one frontend; returns the verdict that sends it to them."""
@@ -114,29 +118,39 @@ class _Builder:
         chain = lb_chain(kind, self.family, len(values), self.config)
         self.chains.add(chain)
         table = chain.maps[0][0]
-        self.elements.extend(Element(table, f"{key} . {i}", value, comment) for i, value in enumerate(values))
+        self.elements.extend([_new(Element, (table, f"{key} . {i}", value, comment)) for i, value in enumerate(values)])
         return "goto " + chain.name
 
 
 def service_fragment(svc: Service, slices: Iterable[EndpointSlice], config: ProxyConfig,
                      node_zone: str | None = None) -> Fragment:
     """Everything the kernel must hold for one Service."""
+    elements, chains = service_elements(svc, slices, config, node_zone)
+    return Fragment(frozenset(elements), frozenset(chains))
+
+
+def service_elements(svc: Service, slices: Iterable[EndpointSlice], config: ProxyConfig,
+                     node_zone: str | None = None) -> tuple[list[Element], set[Chain]]:
+    """The same as service_fragment, as a list (keys are unique by construction; a rebuild needs no set)."""
     slices = tuple(slices)
-    elements: dict[tuple[str, str], Element] = {}
+    elements: list[Element] = []
     chains: set[Chain] = set()
     for cluster_ip in svc.cluster_ips:
         family = 6 if ":" in cluster_ip else 4
         b = _Builder(config, family)
         b.add("cluster-ips", cluster_ip, None, str(svc.ref))
-        externals = [a for a in svc.external_ips if (6 if ":" in a else 4) == family]
-        lb_ips = [a for a in svc.load_balancer_ips if (6 if ":" in a else 4) == family]
+        # each frontend address once: an externalIP equal to the ClusterIP, or listed again as LB IP, is one frontend
+        externals = [a for a in svc.external_ips if (6 if ":" in a else 4) == family and a != cluster_ip]
+        lb_ips = [a for a in svc.load_balancer_ips
+                  if (6 if ":" in a else 4) == family and a != cluster_ip and a not in externals]
         ranges = [c for c in svc.source_ranges if (6 if ":" in c else 4) == family]
         for port in svc.ports:
             _translate_port(b, svc, port, cluster_ip, externals, lb_ips, ranges, slices, node_zone)
-        for el in b.elements:  # one element per key: the first generated wins (ClusterIP before external)
-            elements.setdefault((el.set, el.key), el)
+        for address in sorted(b.hairpin):
+            b.add("hairpin", f"{address} . {address}")
+        elements += b.elements
         chains |= b.chains
-    return Fragment(frozenset(elements.values()), frozenset(chains))
+    return elements, chains
 
 
 def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: str, externals: list[str],
@@ -183,8 +197,9 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
             b.add("affinity-frontends", key, None, comment)
             for backend in backends:
                 b.add("affinity-valid", f"{key} . {backend.value}", None, comment)
-    for address in sorted({x.address for x in chosen.all}):
-        b.add("hairpin", f"{address} . {address}")
+    # hairpin: only a pod on this node can reach itself through this node's rules (or an endpoint
+    # whose node is unknown, to be safe)
+    b.hairpin.update(x.address for x in chosen.all if x.local or x.node_unknown)
 
 
 def config_fragment(config: ProxyConfig) -> Fragment:

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import re
 
+from ..desired.elements import Element
 from ..desired.skeleton import skeleton_text
 from ..transaction.transaction import Transaction, render_element
 from . import KernelError
 
 _SET_DECL = re.compile(r"^\s*(?:set|map)\s+([\w-]+)\s*\{", re.M)
+_ITEM = re.compile(r'^(?P<key>.*?)(?: comment "(?P<comment>[^"]*)")?(?: : (?P<value>.*))?$')
+_STATEMENT_BREAK = re.compile(r"\n\}\nadd element \S+ \S+ \S+ \{\n\t")
+
+
+def parse_rendered(set_name: str, text: str) -> list[Element]:
+    """The items of a rebuild's pre-rendered `add element` text, back as Elements."""
+    items = _STATEMENT_BREAK.sub(",\n\t", text).split(",\n\t")
+    out = []
+    for item in items:
+        m = _ITEM.match(item)
+        assert m is not None, item
+        out.append(Element(set_name, m["key"], m["value"], m["comment"]))
+    return out
 _CHAIN_DECL = re.compile(r"^\s*chain\s+([\w-]+)\s*\{", re.M)
 
 
@@ -52,7 +66,8 @@ class FakeKernel:
             if el.key not in sets.get(el.set, {}):
                 raise KernelError(f"No such file or directory: element {el.key} in {el.set}")
             del sets[el.set][el.key]
-        for el in tx.add_elements:
+        rendered = [el for name, text in tx.rendered_elements.items() for el in parse_rendered(name, text)]
+        for el in [*tx.add_elements, *rendered]:
             if el.set not in sets:
                 raise KernelError(f"No such file or directory: set {el.set}")
             if el.key in sets[el.set]:
@@ -79,8 +94,6 @@ class FakeKernel:
 
     def dump(self) -> list[str]:
         """Sorted lines: dynamic chains with their rules, and every element with its value and comment."""
-        from ..desired.elements import Element
-
         lines = [f"chain {name} {rule}" for name, rules in self.chains.items() if name not in self.skeleton_chains for rule in rules]
         lines += [f"chain {name}" for name, rules in self.chains.items() if name not in self.skeleton_chains and not rules]
         for set_name, elements in self.sets.items():

@@ -135,6 +135,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
         raise check.fail("spec.ports", "a Service with a cluster IP needs at least one port")
     seen_names: set[str] = set()
     seen_ports: set[tuple[str, int]] = set()
+    seen_node_ports: set[tuple[str, int]] = set()
     for i, raw in enumerate(raw_ports):
         raw = check.mapping(raw, f"spec.ports[{i}]")
         name = raw.get("name") or ""
@@ -156,6 +157,9 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
         node_port = None
         if node_ports_wanted and raw.get("nodePort") not in (None, 0):
             node_port = check.port(raw.get("nodePort"), f"spec.ports[{i}].nodePort")
+            if (protocol, node_port) in seen_node_ports:
+                raise check.fail(f"spec.ports[{i}].nodePort", f"duplicate {protocol.upper()} nodePort {node_port}")
+            seen_node_ports.add((protocol, node_port))
         ports.append(ServicePort(name=name, protocol=protocol, port=port, node_port=node_port))
 
     external_ips = tuple(

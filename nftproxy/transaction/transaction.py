@@ -10,7 +10,8 @@ from ..desired.elements import Chain, Element
 from ..desired.skeleton import FAMILY, TABLE, skeleton_text
 from ..diff.plan import Plan
 
-_BATCH = 4096  # elements per `add element` statement: keeps statements short without costing parse time
+ELEMENTS_PER_STATEMENT = 4096  # keeps statements short without costing parse time
+_BATCH = ELEMENTS_PER_STATEMENT
 
 
 @lru_cache(maxsize=65536)
@@ -33,6 +34,9 @@ class Transaction:
     delete_elements: list[Element] = field(default_factory=list)
     add_elements: list[Element] = field(default_factory=list)
     delete_chains: list[Chain] = field(default_factory=list)
+    # a rebuild's elements, already rendered per set (see diff/rebuild.py), and how many there are
+    rendered_elements: dict[str, str] = field(default_factory=dict)
+    rendered_count: int = 0
 
     @classmethod
     def from_plan(cls, plan: Plan, rebuild: bool = False) -> Transaction:
@@ -42,7 +46,8 @@ class Transaction:
         return not (self.rebuild or self.add_chains or self.delete_elements or self.add_elements or self.delete_chains)
 
     def operation_count(self) -> int:
-        return len(self.add_chains) + len(self.delete_elements) + len(self.add_elements) + len(self.delete_chains)
+        return (len(self.add_chains) + len(self.delete_elements) + len(self.add_elements) + len(self.delete_chains)
+                + self.rendered_count)
 
     def render(self) -> str:
         out: list[str] = []
@@ -57,6 +62,7 @@ class Transaction:
             out.extend(f"add rule {target} {chain.name} {rule}\n" for rule in chain.rules)
         out.extend(_element_statements("delete", target, self.delete_elements, with_values=False))
         out.extend(_element_statements("add", target, self.add_elements, with_values=True))
+        out.extend(f"add element {target} {name} {{\n\t{text}\n}}\n" for name, text in sorted(self.rendered_elements.items()))
         for chain in sorted(self.delete_chains, key=lambda c: c.name):
             out.append(f"delete chain {target} {chain.name}\n")
             out.extend(f"delete map {target} {name}\n" for name, _ in chain.maps)
