@@ -151,9 +151,10 @@ class SyncLoop:
         self.sync_count += 1
         self.last_result = result
         wall = self.wall_clock()
-        if result.operations or result.rebuild:
+        if result.operations or result.rebuild or result.services_synced:
             log.info("synced %d Service(s): %s, %d operation(s) in %.1f ms", result.services_synced,
-                     "full rebuild" if result.rebuild else "diff", result.operations, result.seconds * 1000)
+                     "full rebuild" if result.rebuild else "diff" if result.operations else "no change",
+                     result.operations, result.seconds * 1000)
         if self.health is not None:
             self.health.updated(wall)
         if self.metrics is not None:
