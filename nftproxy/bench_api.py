@@ -112,6 +112,8 @@ def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0)
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 raise RuntimeError("the agent did not finish its first sync in time") from None
+            if os.environ.get("NFTPROXY_BENCH_VERBOSE"):
+                sys.stderr.write(f"{time.monotonic() - started:7.2f}s agent: {line}")
             match = _SYNCED.search(line)
             if match and int(match.group(1)) >= services:
                 break

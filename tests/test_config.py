@@ -76,3 +76,20 @@ def test_bad_flags_name_the_flag() -> None:
 def test_go_durations() -> None:
     assert parse_duration("x", "1h0m0s") == 3600 and parse_duration("x", "250ms") == 0.25
     assert parse_duration("x", 2) == 2.0 and parse_duration("x", "0") == 0.0
+
+
+def test_json_log_format_is_one_object_per_line(capsys) -> None:
+    import json
+    import logging
+
+    from nftproxy.logs import setup_logging
+
+    setup_logging("json")
+    try:
+        logging.getLogger("nftproxy.test").warning("Service %s: %s", "shop/web", "spec.ports[0].port")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        entry = json.loads(line)
+        assert entry["level"] == "warning" and entry["logger"] == "nftproxy.test"
+        assert entry["msg"] == "Service shop/web: spec.ports[0].port" and entry["ts"].endswith("Z")
+    finally:
+        setup_logging("plain")

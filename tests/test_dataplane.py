@@ -184,3 +184,22 @@ def test_established_connection_survives_a_full_rebuild(world: World) -> None:
     finally:
         conn.close()
     world.agents.delete("keep")
+
+
+def test_nodeport_addresses_restrict_where_node_ports_answer() -> None:
+    """--nodeport-addresses: only local addresses inside the CIDRs accept NodePorts (here the LAN, not
+    the node's pod-side gateway address)."""
+    require_root_and_netns()
+    with NamespaceCluster(nodes=1) as cluster:
+        node = cluster.nodes[0]
+        web = cluster.add_pod(node, "web-1")
+        client = cluster.add_pod(node, "client", tcp=(), udp=())
+        agents = AgentCluster(cluster, "--nodeport-addresses", cluster.lan_cidr).start()
+        try:
+            agents.apply("np", web_service("np", "198.19.0.30", [web], type="NodePort",
+                                           ports=[{"name": "http", "port": 80, "nodePort": 30111}]))
+            assert landed(cluster.probe(client, node.ip, 30111, count=3)) == {"web-1": 3}, "LAN address: accepted"
+            refused = landed(cluster.probe(client, node.pod_gateway, 30111, count=2, timeout=2.0))
+            assert "web-1" not in refused, f"the pod-side address is outside --nodeport-addresses: {refused}"
+        finally:
+            agents.stop()
