@@ -96,9 +96,14 @@ def pod_ip(i: int) -> str:
     return _ipv4(POD_BASE + 1 + i)
 
 
+def _mixed() -> bool:
+    """--mix policies: the policy-rich scenario mix (passed to the measuring process by environment)."""
+    return os.environ.get("NFTPROXY_BENCH_MIX") == "policies"
+
+
 def service_object(i: int) -> dict[str, Any]:
     ip = cluster_ip(i)
-    return {
+    obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": service_name(i), "namespace": NAMESPACE, "creationTimestamp": "2024-01-01T00:00:00Z"},
@@ -110,6 +115,28 @@ def service_object(i: int) -> dict[str, Any]:
             "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
         },
     }
+    if _mixed():
+        # a quarter each: NodePort; eTP Local LoadBalancer with source ranges; ClientIP affinity with an
+        # externalIP; iTP Local. Addresses from 240.0.0.0/4: only elements in a throwaway namespace.
+        # The NodePort range holds 2,768 ports: past them, LoadBalancers get none (as with
+        # allocateLoadBalancerNodePorts: false) and the NodePort quarter stays ClusterIP.
+        spec, port, kind = obj["spec"], obj["spec"]["ports"][0], i % 4
+        extra = f"240.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        node_ports_left = i // 4 < 1384
+        if kind == 0 and node_ports_left:
+            spec["type"], port["nodePort"] = "NodePort", 30000 + 2 * (i // 4)
+        elif kind == 1:
+            spec.update(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=32000,
+                        loadBalancerSourceRanges=["192.0.2.0/24", "198.51.100.0/24"])
+            if node_ports_left:
+                port["nodePort"] = 30001 + 2 * (i // 4)
+            obj["status"] = {"loadBalancer": {"ingress": [{"ip": extra}]}}
+        elif kind == 2:
+            spec.update(sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}},
+                        externalIPs=[extra])
+        else:
+            spec["internalTrafficPolicy"] = "Local"
+    return obj
 
 
 def slice_object(i: int, addresses: Sequence[str]) -> dict[str, Any]:
@@ -121,7 +148,9 @@ def slice_object(i: int, addresses: Sequence[str]) -> dict[str, Any]:
                      "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [a], "conditions": {"ready": True}, "nodeName": "bench-node"} for a in addresses],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": True},
+                       "nodeName": "bench-node" if not _mixed() or j % 2 == 0 else "other-node"}
+                      for j, a in enumerate(addresses)],
     }
 
 
@@ -715,11 +744,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output")
     p.add_argument("--profile", help="write cProfile stats of the cold sync and the changes to this directory")
     p.add_argument("--tracemalloc", action="store_true", help="report what the steady state holds (slow)")
+    p.add_argument("--mix", choices=("plain", "policies"), default="plain",
+                   help="plain: ClusterIPs only; policies: a quarter each NodePort, eTP Local LoadBalancer with "
+                        "source ranges, ClientIP affinity with an externalIP, iTP Local; half the endpoints local")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--services-one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--host-netns", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.mix == "policies":
+        os.environ["NFTPROXY_BENCH_MIX"] = "policies"
     if args.inside:
         return inside_main(args)
     extra: list[str] = []

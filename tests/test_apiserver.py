@@ -482,10 +482,17 @@ def test_cut_watches_ends_streams(api: ApiServerStandin, core: client.CoreV1Api)
     ended = col.next()
     # An abrupt cut surfaces as a broken chunked stream in urllib3.
     assert isinstance(ended, (urllib3.exceptions.ProtocolError, Exception)) and ended != "END"
+    deadline = time.monotonic() + 5  # the cut watch must be gone before the next one is counted
+    while api.watch_count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert api.watch_count == 0
     col2 = Collector(core.list_namespaced_service, namespace="default", timeout_seconds=10)
     assert api.wait_for_watches(1)
     assert api.cut_watches(graceful=True) == 1
     assert col2.next() == "END"
+    deadline = time.monotonic() + 5  # the server unregisters the watch just after the client saw the end
+    while api.watch_count and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert api.watch_count == 0
 
 

@@ -15,12 +15,13 @@ Frontends and where they go (per family):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import ProxyConfig
 from ..objects.model import EndpointSlice, Service, ServicePort
 from .elements import Chain, Element, Fragment
-from .endpoints import Backend, expand, select
+from .endpoints import Backend, Selection, expand, select
 from .skeleton import MASQUERADE_MARK, REJECT_VERDICT
 
 MARK_FOR_MASQUERADE = f"meta mark set meta mark | {MASQUERADE_MARK}"
@@ -153,6 +154,36 @@ def service_elements(svc: Service, slices: Iterable[EndpointSlice], config: Prox
     return elements, chains
 
 
+@dataclass(frozen=True, slots=True)
+class _ExternalNames:
+    """Where one kind of external frontend goes (keyed by address, or a NodePort keyed by port)."""
+
+    entry: str  # the map the services chain looks the frontend up in
+    cluster_kind: str  # lb chain kind under externalTrafficPolicy Cluster
+    local_chain: str  # the static chain that splits traffic under externalTrafficPolicy Local
+    short_map: str
+    short_kind: str
+    local_map: str
+    local_kind: str
+
+
+EXTERNAL_IPS = _ExternalNames("service-ips", "external", "external-local", "external-short-circuit", "short",
+                              "external-local-dispatch", "local")
+NODE_PORTS = _ExternalNames("service-nodeports", "nodeport", "nodeport-local", "nodeport-short-circuit", "npshort",
+                            "nodeport-local-dispatch", "nplocal")
+
+
+def _external(b: _Builder, names: _ExternalNames, key: str, local_policy: bool, chosen: Selection, comment: str) -> None:
+    """An external frontend: balanced over every endpoint (masqueraded), or with externalTrafficPolicy
+    Local, split by source into this node's endpoints and the short-circuit over every endpoint."""
+    if not local_policy:
+        b.add(names.entry, key, b.balance(names.cluster_kind, key, chosen.all, comment), comment)
+        return
+    b.add(names.entry, key, f"goto {names.local_chain}{b.v}", comment)
+    b.add(names.short_map, key, b.balance(names.short_kind, key, chosen.all, comment), comment)
+    b.add(names.local_map, key, b.balance(names.local_kind, key, chosen.local, comment), comment)
+
+
 def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: str, externals: list[str],
                     lb_ips: list[str], ranges: list[str], slices: tuple[EndpointSlice, ...],
                     node_zone: str | None) -> None:
@@ -175,20 +206,9 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
 
     b.add("service-ips", cluster_key, b.balance("cluster", cluster_key, chosen.cluster, comment), comment)
     for key in external_frontends:
-        if svc.external_traffic_local:
-            b.add("service-ips", key, f"goto external-local{b.v}", comment)
-            b.add("external-short-circuit", key, b.balance("short", key, chosen.all, comment), comment)
-            b.add("external-local-dispatch", key, b.balance("local", key, chosen.local, comment), comment)
-        else:
-            b.add("service-ips", key, b.balance("external", key, chosen.all, comment), comment)
+        _external(b, EXTERNAL_IPS, key, svc.external_traffic_local, chosen, comment)
     if port.node_port:
-        key = f"{port.protocol} . {port.node_port}"
-        if svc.external_traffic_local:
-            b.add("service-nodeports", key, f"goto nodeport-local{b.v}", comment)
-            b.add("nodeport-short-circuit", key, b.balance("npshort", key, chosen.all, comment), comment)
-            b.add("nodeport-local-dispatch", key, b.balance("nplocal", key, chosen.local, comment), comment)
-        else:
-            b.add("service-nodeports", key, b.balance("nodeport", key, chosen.all, comment), comment)
+        _external(b, NODE_PORTS, f"{port.protocol} . {port.node_port}", svc.external_traffic_local, chosen, comment)
     if svc.affinity_timeout:
         record = affinity_record_chain(b.family, svc.affinity_timeout)
         b.chains.add(record)
