@@ -176,7 +176,10 @@ def test_established_connection_survives_a_full_rebuild(world: World) -> None:
     try:
         assert conn.exchange().pod == "web-2"
         agent = world.agents.agents[0]  # node-1 carries the client's traffic
-        agent.stop()
+        agent.stop()  # SIGTERM: the agent exits and leaves its rules in place
+        assert agent.process is not None and agent.process.returncode == 0
+        assert landed(world.cluster.probe(world.pod_client, "198.19.0.20", 80, count=3)) == {"web-2": 3}, \
+            "traffic keeps flowing while no agent runs (an upgrade)"
         agent.start()  # a new process: its first sync deletes and recreates the table
         assert "full rebuild" in agent.log_text().splitlines()[-1] or "full rebuild" in agent.log_text()
         after = conn.exchange()
