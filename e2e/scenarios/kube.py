@@ -246,13 +246,7 @@ class KubeTarget(Target):
         self.core.delete_namespaced_service(service.name, self.namespace)
 
     def _service(self, obj: Any) -> Service:
-        stored = self._api.sanitize_for_serialization(obj)
-        spec = stored.get("spec", {})
-        ports = spec.get("ports") or []
-        return Service(name=stored["metadata"]["name"], cluster_ip=spec.get("clusterIP", ""),
-                       ports={p.get("name", ""): p["port"] for p in ports},
-                       node_ports={p.get("name", ""): p["nodePort"] for p in ports if p.get("nodePort")},
-                       spec=spec)
+        return Service.from_api(self._api.sanitize_for_serialization(obj))
 
     def external_ip(self, via: str) -> str:
         return self.fixed_external_ip or self.node_address(via)

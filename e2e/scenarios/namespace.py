@@ -146,14 +146,14 @@ class NamespaceTarget(Target):
         stored = self._api_client.sanitize_for_serialization(self.core.create_namespaced_service(self.namespace, body))
         self._services[name] = stored
         self._write_slice(name)
-        return _service(stored)
+        return Service.from_api(stored)
 
     def patch_service(self, service: Service, spec: dict[str, Any]) -> Service:
         stored = self._api_client.sanitize_for_serialization(
             self.core.patch_namespaced_service(service.name, self.namespace, {"spec": spec}))
         self._services[service.name] = stored
         self._write_slice(service.name)
-        return _service(stored)
+        return Service.from_api(stored)
 
     def delete_service(self, service: Service) -> None:
         self._services.pop(service.name, None)
@@ -248,10 +248,3 @@ def _slice_name(service_name: str) -> str:
     return f"{service_name}-e2e"
 
 
-def _service(stored: dict[str, Any]) -> Service:
-    spec = stored.get("spec", {})
-    ports = spec.get("ports") or []
-    return Service(name=stored["metadata"]["name"], cluster_ip=spec.get("clusterIP", ""),
-                   ports={p.get("name", ""): p["port"] for p in ports},
-                   node_ports={p.get("name", ""): p["nodePort"] for p in ports if p.get("nodePort")},
-                   spec=spec)

@@ -55,6 +55,16 @@ class Service:
     node_ports: dict[str, int]
     spec: dict[str, Any] = dataclasses.field(compare=False, repr=False)
 
+    @classmethod
+    def from_api(cls, stored: dict[str, Any]) -> "Service":
+        """From a Service as the API returned it (a plain dict)."""
+        spec = stored.get("spec", {})
+        ports = spec.get("ports") or []
+        return cls(name=stored["metadata"]["name"], cluster_ip=spec.get("clusterIP", ""),
+                   ports={p.get("name", ""): p["port"] for p in ports},
+                   node_ports={p.get("name", ""): p["nodePort"] for p in ports if p.get("nodePort")},
+                   spec=spec)
+
     def port(self, name: str = "http") -> int:
         return self.ports[name]
 
