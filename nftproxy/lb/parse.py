@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..objects.model import PROTOCOLS, ObjectRef
-from ..objects.parse import InvalidObject, object_ref
+from ..objects.parse import InvalidObject, _Checker, object_ref
 from .model import (
     AddressPool,
     AddressRange,
@@ -36,21 +36,8 @@ ALLOCATED_FROM_ANNOTATION = "metallb.io/ip-allocated-from-pool"
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
-class _Fields:
-    """Typed access to one object's fields; every failure names kind, object and field."""
-
-    def __init__(self, kind: str, ref: ObjectRef) -> None:
-        self.kind, self.ref = kind, ref
-
-    def fail(self, field: str, message: str) -> InvalidObject:
-        return InvalidObject(self.kind, self.ref, field, message)
-
-    def mapping(self, value: Any, field: str) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.fail(field, f"must be an object, got {type(value).__name__}")
-        return value
+class _Fields(_Checker):
+    """The proxy's field checker plus what MetalLB's objects need: string lists, booleans, selectors."""
 
     def strings(self, value: Any, field: str) -> tuple[str, ...]:
         if value is None:
