@@ -1,5 +1,7 @@
 """deploy/: the kustomizations resolve, every manifest fits the Kubernetes schemas, RBAC is least
 privilege, and the DaemonSet runs nftproxy the way it must (host network, NET_ADMIN, probes, config).
+MetalLB's CRDs are valid structural schemas with MetalLB's fields, and the ServiceAccount may do what
+the LoadBalancer features need.
 
 Fast and offline: no cluster, no kernel. Schemas come from the `kubernetes-validate` package when it
 is installed (it bundles them); without it, from the `kubernetes` client's models, strictly (unknown
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -27,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 NAMESPACE = "kube-system"
 BUILDS = {"full": DEPLOY, "no-loadbalancer": DEPLOY / "overlays" / "no-loadbalancer"}
+CRDS = DEPLOY / "components" / "loadbalancer" / "crds.yaml"
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
 
 # ---------------------------------------------------------------------------------------------------
 # loading
@@ -127,13 +132,14 @@ def test_every_yaml_file_parses(path: Path) -> None:
         assert isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc, f"{path}: not an API object"
 
 
-def test_builds_resolve_and_differ_only_by_loadbalancer_rbac() -> None:
+def test_builds_resolve_and_differ_only_by_the_loadbalancer_component() -> None:
     everything = {object_id(o) for o in kustomize(DEPLOY)}
     without = {object_id(o) for o in kustomize(BUILDS["no-loadbalancer"])}
     assert without < everything
     assert {(kind, name) for _, kind, _, name in everything - without} == {
         ("ClusterRole", "nftproxy-loadbalancer"), ("ClusterRoleBinding", "nftproxy-loadbalancer"),
-        ("Role", "nftproxy-loadbalancer"), ("RoleBinding", "nftproxy-loadbalancer")}
+        ("Role", "nftproxy-loadbalancer"), ("RoleBinding", "nftproxy-loadbalancer"),
+        *(("CustomResourceDefinition", f"{plural}.metallb.io") for plural in METALLB_RESOURCES)}
 
 
 def test_no_manifest_is_left_out_of_the_full_build() -> None:
@@ -147,7 +153,7 @@ def test_no_manifest_is_left_out_of_the_full_build() -> None:
 
 def test_everything_namespaced_is_in_kube_system(build: tuple[str, list[dict[str, Any]]]) -> None:
     for obj in build[1]:
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"].get("namespace") == NAMESPACE, object_id(obj)
         else:
             assert "namespace" not in obj["metadata"], object_id(obj)
@@ -255,6 +261,7 @@ def test_the_schema_check_catches_a_misspelt_field(daemonset: dict[str, Any]) ->
 
 GET_LIST_WATCH = {"get", "list", "watch"}
 WRITE_EVENTS = {"create", "patch", "update"}
+METALLB_RESOURCES = ("ipaddresspools", "l2advertisements", "bgpadvertisements", "bgppeers")
 ALLOWED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
     ("ClusterRole", "nftproxy"): {
         ("", "services"): GET_LIST_WATCH,
@@ -264,7 +271,12 @@ ALLOWED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
         ("events.k8s.io", "events"): WRITE_EVENTS,
     },
     # components/loadbalancer only
-    ("ClusterRole", "nftproxy-loadbalancer"): {("", "services/status"): {"update", "patch"}},
+    ("ClusterRole", "nftproxy-loadbalancer"): {
+        **{("metallb.io", resource): GET_LIST_WATCH for resource in METALLB_RESOURCES},
+        ("", "namespaces"): GET_LIST_WATCH,
+        ("", "services"): {"update", "patch"},
+        ("", "services/status"): {"get", "update", "patch"},
+    },
     ("Role", "nftproxy-loadbalancer"): {
         ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"}},
 }
@@ -330,6 +342,187 @@ def test_bindings_grant_only_our_roles_to_our_service_account(build: tuple[str, 
         bound.add((ref["kind"], ref["name"]))
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "nftproxy", "namespace": NAMESPACE}]
     assert bound == roles, "every role is bound"
+
+
+# What the LoadBalancer features do with the agent's ServiceAccount: (group, resource, namespace or "" for
+# every namespace) -> verbs. Read MetalLB's objects and Namespaces, assign addresses (Service annotation
+# and status), elect announcers through Leases, and report through Events.
+LOADBALANCER_NEEDS: dict[tuple[str, str, str], set[str]] = {
+    **{("metallb.io", resource, ""): GET_LIST_WATCH for resource in METALLB_RESOURCES},
+    ("", "namespaces", ""): GET_LIST_WATCH,
+    ("", "services", ""): GET_LIST_WATCH | {"update", "patch"},
+    ("", "services/status", ""): {"get", "update", "patch"},
+    ("coordination.k8s.io", "leases", NAMESPACE): {"create", "get", "update"},
+    ("", "events", ""): {"create", "patch"},
+}
+
+
+def service_account_grants(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], set[str]]:
+    """Everything the bindings give ServiceAccount kube-system/nftproxy, by (group, resource, namespace);
+    namespace "" for what a ClusterRoleBinding grants everywhere."""
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    ours = {"kind": "ServiceAccount", "name": "nftproxy", "namespace": NAMESPACE}
+    result: dict[tuple[str, str, str], set[str]] = {}
+    for b in objects:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding") or ours not in b["subjects"]:
+            continue
+        where = "" if b["kind"] == "ClusterRoleBinding" else b["metadata"]["namespace"]
+        for (group, resource), verbs in granted(roles[(b["roleRef"]["kind"], b["roleRef"]["name"])]).items():
+            result.setdefault((group, resource, where), set()).update(verbs)
+    return result
+
+
+def test_service_account_may_do_what_the_loadbalancer_needs(build: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = build
+    grants = service_account_grants(objects)
+    if name == "no-loadbalancer":  # nothing of the component's
+        assert not any(group in ("metallb.io", "coordination.k8s.io") or resource == "services/status"
+                       for group, resource, _ in grants)
+        return
+    for (group, resource, namespace), verbs in LOADBALANCER_NEEDS.items():
+        have = grants.get((group, resource, ""), set()) | grants.get((group, resource, namespace), set())
+        assert verbs <= have, f"{group or 'core'}/{resource} in {namespace or 'every namespace'}: {verbs - have}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# MetalLB's CRDs (components/loadbalancer/crds.yaml): valid structural schemas with MetalLB's fields
+
+# kind -> (version, spec fields, required spec fields, spec defaults, status fields)
+METALLB_KINDS: dict[str, tuple[str, set[str], set[str], dict[str, Any], set[str]]] = {
+    "IPAddressPool": ("v1beta1", {"addresses", "autoAssign", "avoidBuggyIPs", "serviceAllocation"}, {"addresses"},
+                      {"autoAssign": True, "avoidBuggyIPs": False},
+                      {"assignedIPv4", "assignedIPv6", "availableIPv4", "availableIPv6"}),
+    "L2Advertisement": ("v1beta1", {"ipAddressPools", "ipAddressPoolSelectors", "nodeSelectors", "interfaces"},
+                        set(), {}, set()),
+    "BGPAdvertisement": ("v1beta1", {"ipAddressPools", "ipAddressPoolSelectors", "nodeSelectors",
+                                     "aggregationLength", "aggregationLengthV6", "localPref", "communities",
+                                     "peers"}, set(), {"aggregationLength": 32, "aggregationLengthV6": 128}, set()),
+    "BGPPeer": ("v1beta2", {"myASN", "peerASN", "peerAddress", "peerPort", "sourceAddress", "holdTime",
+                            "keepaliveTime", "connectTime", "nodeSelectors", "password", "passwordSecret",
+                            "bfdProfile", "ebgpMultiHop", "vrf", "routerID"},
+                {"myASN", "peerASN", "peerAddress"}, {"peerPort": 179}, set()),
+}
+LABEL_SELECTOR_FIELDS = {("IPAddressPool", "serviceAllocation.namespaceSelectors"),
+                         ("IPAddressPool", "serviceAllocation.serviceSelectors"),
+                         ("L2Advertisement", "ipAddressPoolSelectors"), ("L2Advertisement", "nodeSelectors"),
+                         ("BGPAdvertisement", "ipAddressPoolSelectors"), ("BGPAdvertisement", "nodeSelectors"),
+                         ("BGPPeer", "nodeSelectors")}
+_SCHEMA_KEYWORDS = {"type", "format", "description", "properties", "required", "items", "additionalProperties",
+                    "default", "enum", "minimum", "maximum"}
+_SCHEMA_TYPES = {"object", "array", "string", "integer", "number", "boolean"}
+_COLUMN_TYPES = {"integer", "number", "string", "boolean", "date"}
+
+
+def crd_docs() -> list[dict[str, Any]]:
+    return load_docs(CRDS)
+
+
+def structural_errors(node: Any, path: str) -> Iterator[str]:
+    """apiextensions' rules for a structural schema, for the keywords these CRDs use: a type at every
+    node, items for arrays, properties or additionalProperties (not both) only on objects, required
+    fields declared, enums and defaults valid. Other keywords fail, so that the check cannot lag behind."""
+    if not isinstance(node, dict):
+        yield f"{path}: not a schema"
+        return
+    unknown = set(node) - _SCHEMA_KEYWORDS
+    if unknown:
+        yield f"{path}: {sorted(unknown)} not understood by this test: extend it"
+    kind = node.get("type")
+    if kind not in _SCHEMA_TYPES:
+        yield f"{path}: type must be one of {sorted(_SCHEMA_TYPES)} (structural schemas give one everywhere)"
+    if kind != "object" and ({"properties", "additionalProperties", "required"} & set(node)):
+        yield f"{path}: properties, additionalProperties and required belong to objects"
+    if "properties" in node and "additionalProperties" in node:
+        yield f"{path}: properties and additionalProperties together"
+    if (kind == "array") != ("items" in node):
+        yield f"{path}: items goes with, and only with, type array"
+    for field in node.get("required") or []:
+        if field not in (node.get("properties") or {}):
+            yield f"{path}: required field {field!r} is not a property"
+    for value in node.get("enum") or []:
+        if not jsonschema.Draft4Validator({"type": kind}).is_valid(value):
+            yield f"{path}: enum value {value!r} is not a {kind}"
+    if "default" in node and not jsonschema.Draft4Validator(node).is_valid(node["default"]):
+        yield f"{path}: default {node['default']!r} does not fit its own schema"
+    for name, sub in (node.get("properties") or {}).items():
+        yield from structural_errors(sub, f"{path}.properties.{name}")
+    if "items" in node:
+        yield from structural_errors(node["items"], f"{path}.items")
+    if "additionalProperties" in node:
+        yield from structural_errors(node["additionalProperties"], f"{path}.additionalProperties")
+
+
+def root_errors(schema: dict[str, Any]) -> Iterator[str]:
+    """The root of a CRD schema: an object whose apiVersion, kind and metadata are left to the server."""
+    props = schema.get("properties") or {}
+    if schema.get("type") != "object" or "default" in schema:
+        yield "root: must be an object without a default"
+    if props.get("apiVersion") != {"type": "string"} or props.get("kind") != {"type": "string"}:
+        yield "root: apiVersion and kind must be plain strings"
+    if props.get("metadata") != {"type": "object"}:
+        yield "root: metadata may only be {type: object} here (the server validates ObjectMeta itself)"
+    yield from structural_errors(schema, "openAPIV3Schema")
+
+
+def schema_at(schema: dict[str, Any], dotted: str) -> dict[str, Any] | None:
+    """The schema node of a simple dotted path (.spec.addresses), through properties."""
+    node: dict[str, Any] | None = schema
+    for part in dotted.strip(".").split("."):
+        node = ((node or {}).get("properties") or {}).get(part)
+    return node
+
+
+@pytest.mark.parametrize("crd", crd_docs(), ids=lambda c: c["metadata"]["name"])
+def test_crd_is_a_structural_schema_with_metallbs_fields(crd: dict[str, Any]) -> None:
+    spec, names = crd["spec"], crd["spec"]["names"]
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1" and crd["kind"] == "CustomResourceDefinition"
+    assert spec["group"] == "metallb.io" and spec["scope"] == "Namespaced"
+    assert crd["metadata"]["name"] == f"{names['plural']}.{spec['group']}"
+    assert names["plural"] in METALLB_RESOURCES
+    assert names["singular"] == names["kind"].lower() and names["plural"] == names["singular"] + "s"
+    assert names["listKind"] == names["kind"] + "List"
+    version_name, fields, required, defaults, status_fields = METALLB_KINDS[names["kind"]]
+    (version,) = spec["versions"]
+    assert version["name"] == version_name and version["served"] is True and version["storage"] is True
+    schema = version["schema"]["openAPIV3Schema"]
+    assert list(root_errors(schema)) == []
+    spec_schema = schema["properties"]["spec"]
+    assert set(spec_schema["properties"]) == fields
+    assert set(spec_schema.get("required") or []) == required
+    assert {k: v["default"] for k, v in spec_schema["properties"].items() if "default" in v} == defaults
+    assert version["subresources"] == {"status": {}} and "status" in schema["properties"]
+    assert set(schema["properties"]["status"].get("properties") or {}) == status_fields
+    for column in version.get("additionalPrinterColumns") or []:
+        assert column["type"] in _COLUMN_TYPES, column
+        assert schema_at(schema, column["jsonPath"]) is not None, f"{column['jsonPath']} is not in the schema"
+
+
+@pytest.mark.parametrize("kind, field", sorted(LABEL_SELECTOR_FIELDS))
+def test_label_selectors_are_metav1_label_selectors(kind: str, field: str) -> None:
+    (crd,) = [c for c in crd_docs() if c["spec"]["names"]["kind"] == kind]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    selectors = schema_at(schema, "spec." + field)
+    assert selectors is not None and selectors["type"] == "array"
+    selector = selectors["items"]
+    assert set(selector["properties"]) == {"matchLabels", "matchExpressions"}
+    assert selector["properties"]["matchLabels"]["additionalProperties"] == {"type": "string"}
+    expression = selector["properties"]["matchExpressions"]["items"]
+    assert set(expression["properties"]) == {"key", "operator", "values"}
+    assert set(expression["required"]) == {"key", "operator"}
+    assert expression["properties"]["operator"]["enum"] == ["In", "NotIn", "Exists", "DoesNotExist"]
+
+
+def test_the_structural_check_catches_what_the_server_refuses() -> None:
+    schema = crd_docs()[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for spoil in (lambda s: s["properties"]["spec"]["properties"]["addresses"].pop("type"),
+                  lambda s: s["properties"]["spec"]["properties"]["autoAssign"].update(default="yes"),
+                  lambda s: s["properties"]["spec"]["required"].append("adresses"),
+                  lambda s: s["properties"]["spec"].update(additionalProperties={"type": "string"}),
+                  lambda s: s["properties"]["spec"]["properties"]["addresses"].pop("items"),
+                  lambda s: s["properties"].update(metadata={"type": "object", "properties": {}})):
+        bad = yaml.safe_load(yaml.safe_dump(schema))
+        spoil(bad)
+        assert list(root_errors(bad)), spoil
 
 
 # ---------------------------------------------------------------------------------------------------
