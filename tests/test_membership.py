@@ -345,6 +345,7 @@ def test_local_changes_are_sent_at_once(cluster_of: Callable[..., Cluster]) -> N
 
 def test_silent_death_is_detected_after_dead_after(cluster_of: Callable[..., Cluster]) -> None:
     cluster = joined_cluster(cluster_of)
+    time.sleep(random.uniform(0.0, 0.1))  # die anywhere between two heartbeats
     drain(cluster.events["n1"])
     killed = time.monotonic()
     cluster.members["n3"].stop(farewell=False)
@@ -352,6 +353,41 @@ def test_silent_death_is_detected_after_dead_after(cluster_of: Callable[..., Clu
     print(f"silent death detected after {took * 1000:.1f} ms (dead_after 500 ms, interval 100 ms)")
     assert 0.3 <= took < 1.5  # not before dead_after - interval, not much after dead_after + interval
     assert not cluster.members["n1"].peers()["n3"].alive
+
+
+def test_a_failing_callback_does_not_stop_the_heartbeats() -> None:
+    calls: list[frozenset[str]] = []
+
+    def broken(eligible: frozenset[str]) -> None:
+        calls.append(eligible)
+        raise RuntimeError("a controller bug")
+
+    healthy, faulty = Membership("n1", "127.0.0.1", port=0), Membership("n2", "127.0.0.1", port=0, on_change=broken)
+    try:
+        for member in (healthy, faulty):
+            member.start()
+        peers = {member.me: member.address for member in (healthy, faulty)}
+        for member in (healthy, faulty):
+            member.set_peers(peers)
+            member.set_local(READY)
+        time.sleep(1.0)  # twice dead_after: n2 must have gone on sending after its callback raised
+        assert calls[-1] == {"n1", "n2"} and healthy.eligible() == {"n1", "n2"}
+        healthy.set_local(LocalState(ready=False))
+        deadline = time.monotonic() + 1.0
+        while calls[-1] != {"n2"} and time.monotonic() < deadline:  # and on receiving and reporting
+            time.sleep(0.01)
+        assert calls[-1] == {"n2"}
+    finally:
+        healthy.stop()
+        faulty.stop()
+
+
+def test_ipv6_socket_talks_to_ipv4_peers_through_mapped_addresses(cluster_of: Callable[..., Cluster]) -> None:
+    cluster = cluster_of(["n1", "n2"], host="::ffff:127.0.0.1")
+    cluster.start()
+    assert cluster.members["n1"].address.startswith("127.0.0.1:")  # peers know it by its IPv4 address
+    wait_for(cluster.events["n1"], lambda e: e == {"n1", "n2"})
+    wait_for(cluster.events["n2"], lambda e: e == {"n1", "n2"})
 
 
 def test_ipv6_members_with_a_key_ignore_a_member_without_it(cluster_of: Callable[..., Cluster]) -> None:
