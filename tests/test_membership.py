@@ -166,6 +166,16 @@ def test_restarted_peer_is_recognised_by_its_new_incarnation() -> None:
     assert view.peers()["b"].ready
 
 
+def test_dead_peer_restarting_with_a_lower_incarnation_is_taken() -> None:
+    view = joined()  # b's incarnation 1
+    beat(view, "b", 100.1, 5, incarnation=1000)
+    assert beat(view, "b", 100.2, 1, LocalState(ready=False), incarnation=900) is False  # alive: a stray, ignored
+    view.expire(100.6)
+    assert beat(view, "b", 100.7, 5, incarnation=1000) is False  # dead: its last packet replayed, still ignored
+    assert beat(view, "b", 100.8, 1, incarnation=900) is True  # restarted after the clock went back
+    assert view.peers()["b"].incarnation == 900 and "b" in view.eligible(READY, 100.8)
+
+
 def test_duplicates_and_reordered_heartbeats_are_ignored() -> None:
     view = joined()
     assert beat(view, "b", 100.1, 3, LocalState(ready=True, leaving=True)) is True

@@ -36,7 +36,8 @@ Wire format (version 1, network byte order): ``b"nM"``, version (u8), flags (u8:
 2 leaving, 4 carrier, 0x80 a MAC follows), incarnation (u64: the agent's start time in ns, so a
 restarted agent is recognised as new), sequence (u64, per incarnation), name length (u8), the node
 name (UTF-8), then with a shared key HMAC-SHA256 over everything before it. With a key, the MAC
-proves the sender and older (incarnation, seq) pairs are refused, so replays do nothing; without
+proves the sender and older (incarnation, seq) pairs are refused, so replays do nothing while the
+peer is alive (once it is dead, a lower incarnation is taken, see ``MembershipView.heard``); without
 one, a heartbeat counts only when it comes from the address (and port) known for the node it names.
 """
 
@@ -255,7 +256,9 @@ class MembershipView:
 
         Ignored: undecodable or unauthenticated payloads, unknown or own names, (without a key) a
         source other than the named peer's address, and anything not newer than what was last heard
-        (an older incarnation, or a seq not above the last one within the incarnation).
+        (an older incarnation, or a seq not above the last one within the incarnation). Once a peer is
+        dead, any other incarnation is taken: a restarted agent whose wall clock went back (an RTC
+        corrected by NTP after a reboot) must not be shut out for good.
         """
         self._observe(now)
         beat = decode(payload, self.key)
@@ -270,8 +273,10 @@ class MembershipView:
                 return False
         old = self._peers[beat.node]
         if old.incarnation is not None and old.seq is not None:
-            if (beat.incarnation, beat.seq) <= (old.incarnation, old.seq):
+            if old.alive and (beat.incarnation, beat.seq) <= (old.incarnation, old.seq):
                 return False
+            if beat.incarnation == old.incarnation and beat.seq <= old.seq:
+                return False  # dead peers too: its last incarnation's packets are replays or very late
         state = beat.state
         new = PeerStatus(old.address, True, state.ready, state.leaving, state.carrier, now, beat.incarnation, beat.seq)
         self._peers[beat.node] = new
