@@ -8,11 +8,13 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .config import ConfigError, ProxyConfig, default_node_name, parse_cidr_list
 from .configfile import FileSettings, load_config_file, parse_bind_address, parse_duration
+from .lb.agent import LBSettings
 from .logs import setup_logging
 
 log = logging.getLogger("nftproxy")
@@ -51,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--healthz-bind-address", default=None,
                      help="host:port for /healthz and /livez (default 0.0.0.0:10256)")
     run.add_argument("--log-format", choices=("plain", "json"), default=None)
+    lb = run.add_argument_group("bare-metal LoadBalancer (MetalLB's IPAddressPool/L2Advertisement; API mode only)")
+    lb.add_argument("--no-load-balancer", dest="lb_enabled", action="store_false", default=None,
+                    help="leave LoadBalancer addresses to another controller (e.g. while MetalLB still runs)")
+    lb.add_argument("--load-balancer-class", dest="lb_class", default=None,
+                    help="serve Services of this spec.loadBalancerClass only (default: Services without a class)")
+    lb.add_argument("--lb-lease-namespace", default=None, help="namespace of the allocator's Lease (default kube-system)")
+    lb.add_argument("--lb-lease-duration", type=float, default=15.0,
+                    help="seconds without renewal before another agent takes the allocator over")
+    lb.add_argument("--lb-heartbeat-port", type=int, default=None, help="UDP port of the node heartbeats (default 7473)")
+    lb.add_argument("--lb-heartbeat-interval", type=float, default=0.1, help="seconds between heartbeats")
+    lb.add_argument("--lb-heartbeat-timeout", type=float, default=0.5,
+                    help="seconds of silence before a node counts as dead and its addresses move")
+    lb.add_argument("--lb-heartbeat-key-file", default=None,
+                    help="file with a shared secret: heartbeats are then signed (HMAC-SHA256) and checked")
+    lb.add_argument("--lb-handover", type=float, default=1.0,
+                    help="on SIGTERM, seconds to keep answering after peers were told (successor announces first)")
 
     cleanup = sub.add_parser("cleanup", help="remove everything nftproxy created, and nothing else")
     cleanup.add_argument("--kube-proxy", action="store_true",
@@ -80,6 +98,7 @@ class RunSettings:
     healthz_bind: tuple[str, int] | None
     kubeconfig: str | None
     log_format: str
+    lb: LBSettings
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
@@ -111,6 +130,42 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             args.healthz_bind_address, file.healthz_bind_address, DEFAULTS["healthz_bind_address"])),
         kubeconfig=args.kubeconfig or file.kubeconfig,
         log_format=str(choose(args.log_format, file.log_format, "plain")),
+        lb=lb_settings(args, file),
+    )
+
+
+def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
+    key = None
+    if getattr(args, "lb_heartbeat_key_file", None):
+        try:
+            key = open(args.lb_heartbeat_key_file, "rb").read().strip()
+        except OSError as err:
+            raise ConfigError(f"--lb-heartbeat-key-file: {err.strerror}") from None
+        if len(key) < 16:
+            raise ConfigError("--lb-heartbeat-key-file: the key needs at least 16 bytes")
+    port = args.lb_heartbeat_port if args.lb_heartbeat_port is not None else (file.lb_heartbeat_port or 7473)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--lb-heartbeat-port: expected 1-65535, got {port}")
+    for flag, value in (("--lb-heartbeat-interval", args.lb_heartbeat_interval),
+                        ("--lb-heartbeat-timeout", args.lb_heartbeat_timeout),
+                        ("--lb-lease-duration", args.lb_lease_duration)):
+        if value <= 0:
+            raise ConfigError(f"{flag}: must be greater than 0")
+    if args.lb_heartbeat_timeout <= args.lb_heartbeat_interval:
+        raise ConfigError("--lb-heartbeat-timeout: must be longer than --lb-heartbeat-interval")
+    enabled = args.lb_enabled if args.lb_enabled is not None else (file.lb_enabled if file.lb_enabled is not None
+                                                                  else True)
+    return LBSettings(
+        enabled=enabled,
+        load_balancer_class=args.lb_class or file.lb_class,
+        lease_namespace=args.lb_lease_namespace or file.lb_lease_namespace or "kube-system",
+        lease_duration=args.lb_lease_duration,
+        lease_renew=max(0.2, min(2.0, args.lb_lease_duration / 4)),
+        heartbeat_port=port,
+        heartbeat_interval=args.lb_heartbeat_interval,
+        heartbeat_dead_after=args.lb_heartbeat_timeout,
+        heartbeat_key=key,
+        handover_seconds=max(0.0, args.lb_handover),
     )
 
 
@@ -213,6 +268,7 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
     metrics = Metrics()
     health = HealthState(timeout=2 * settings.sync_period)
     recorder = None
+    lb_agent = None
 
     if args.manifests:
         from .agent.manifest_source import ManifestSource
@@ -226,15 +282,23 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
 
         core, discovery = api_clients(settings.kubeconfig)
         from .agent.kube import ResourceWatcher
+        from .lb.agent import Tee
 
         node = settings.proxy.node_name
+        recorder = EventRecorder(core, node)
+        feed: Any = updates
+        if settings.lb.enabled:
+            lb_agent = build_lb_agent(settings, core, recorder, metrics, lambda: loop.sync_count > 0 and
+                                      loop.failures == 0)
+            feed = Tee(updates, lb_agent.queue)
         starters = [
-            ResourceWatcher("Service", core.list_service_for_all_namespaces, updates, stop),
-            ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, updates, stop),
+            ResourceWatcher("Service", core.list_service_for_all_namespaces, feed, stop),
+            ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, feed, stop),
             ResourceWatcher("Node", core.list_node, updates, stop, field_selector=f"metadata.name={node}"),
         ]
         sources = ["Service", "EndpointSlice", "Node"]
-        recorder = EventRecorder(core, node)
+        if lb_agent is not None:
+            starters += lb_agent.watchers(stop)
 
     def on_invalid(err: object) -> None:
         metrics.invalid_total.labels(getattr(err, "kind", "")).inc()
@@ -251,7 +315,17 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
     health_checks = HealthCheckServers(proxy_healthy=lambda: health.healthy(_time.time()))
     proxier = Proxier(settings.proxy, NftablesKernel(), on_invalid=on_invalid,
                       on_stale_flows=lambda flows: cleaner.delete(flows), on_health_checks=health_checks.update)
-    loop = SyncLoop(proxier, updates, sources, settings.min_sync_period, settings.sync_period, health, metrics)
+    after_sync = None
+    if lb_agent is not None:
+        agent = lb_agent
+
+        def after_sync(result: Any) -> None:
+            inputs = proxier.committed_inputs
+            agent.after_sync({ref: (inputs[ref][0].load_balancer_ips if ref in inputs else ())
+                              for ref in result.synced_refs})
+
+    loop = SyncLoop(proxier, updates, sources, settings.min_sync_period, settings.sync_period, health, metrics,
+                    after_sync=after_sync)
     try:
         if settings.healthz_bind:
             serve_health(health, *settings.healthz_bind)
@@ -271,7 +345,62 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
     signal.signal(signal.SIGINT, _stop)
     log.info("nftproxy on node %s, objects from %s", settings.proxy.node_name,
              args.manifests or "the Kubernetes API")
+    if lb_agent is not None:
+        from kubernetes import client as k8s_client
+
+        lb_agent.start(k8s_client.CoordinationV1Api(core.api_client))
     for starter in starters:
         starter.start()
     loop.run(stop)
+    if lb_agent is not None:
+        lb_agent.shutdown()
     return 0
+
+
+def build_lb_agent(settings: RunSettings, core: Any, recorder: Any, metrics: Any,
+                   proxy_ready: Callable[[], bool]) -> Any:
+    """The LoadBalancer half: allocator (leader only), heartbeats, carrier watch, ARP/NDP responder."""
+    from .lb.agent import LoadBalancerAgent
+    from .lb.links import CarrierWatch, interface_of_address
+    from .lb.membership import Membership
+    from .lb.responder import L2Responder
+
+    lb = settings.lb
+    node = settings.proxy.node_name
+
+    def membership(on_change: Callable[[frozenset[str]], None]) -> Membership:
+        return Membership(node, "::", port=lb.heartbeat_port, interval=lb.heartbeat_interval,
+                          dead_after=lb.heartbeat_dead_after, key=lb.heartbeat_key, on_change=on_change)
+
+    def default_interface(address: str | None) -> str | None:
+        return interface_of_address(address) if address else None
+
+    return LoadBalancerAgent(
+        lb, node, core, core.api_client,
+        responder_factory=lambda on_conflict: L2Responder(on_conflict=on_conflict),
+        membership_factory=membership,
+        carrier_watch_factory=lambda on_change: CarrierWatch([], on_change),
+        interface_of_address=default_interface,
+        proxy_ready=proxy_ready,
+        events=recorder,
+        metrics=metrics,
+        node_of_mac=node_of_mac,
+    )
+
+
+def node_of_mac(mac: str, peers: Any) -> str | None:
+    """Which peer node owns `mac`, from this node's neighbour table (heartbeats keep it filled)."""
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            for neigh in ipr.get_neighbours():
+                if (neigh.get_attr("NDA_LLADDR") or "").lower() != mac.lower():
+                    continue
+                dst = neigh.get_attr("NDA_DST")
+                for name, address in peers.items():
+                    if address == dst:
+                        return str(name)
+    except Exception as err:  # noqa: BLE001 - a lookup that fails just leaves the other side unnamed
+        log.debug("neighbour lookup for %s failed: %s", mac, err)
+    return None

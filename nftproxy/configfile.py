@@ -71,16 +71,22 @@ class FileSettings:
     masquerade_all: bool | None = None
     kubeconfig: str | None = None
     log_format: str | None = None
+    lb_enabled: bool | None = None
+    lb_class: str | None = None
+    lb_lease_namespace: str | None = None
+    lb_heartbeat_port: int | None = None
 
 
 _TOP_LEVEL = {
     "apiVersion", "kind", "clusterCIDR", "nodePortAddresses", "minSyncPeriod", "syncPeriod",
     "metricsBindAddress", "healthzBindAddress", "hostnameOverride", "masqueradeAll", "clientConnection",
-    "logging", "nftables", "mode", "bindAddress",
+    "logging", "nftables", "mode", "bindAddress", "loadBalancer",
 }
 _NESTED = {"nftables": {"masqueradeAll", "minSyncPeriod", "syncPeriod", "masqueradeBit"},
            "clientConnection": {"kubeconfig", "qps", "burst", "contentType", "acceptContentTypes"},
-           "logging": {"format", "verbosity", "flushFrequency", "options"}}
+           "logging": {"format", "verbosity", "flushFrequency", "options"},
+           # nftproxy's own: bare-metal LoadBalancer (MetalLB's pools and L2 announcement)
+           "loadBalancer": {"enabled", "loadBalancerClass", "leaseNamespace", "heartbeatPort"}}
 
 
 def parse_config(doc: Any, source: str = "config") -> FileSettings:
@@ -124,6 +130,15 @@ def parse_config(doc: Any, source: str = "config") -> FileSettings:
         raise ConfigError(f"{source}: logging.format: expected text or json, got {log_format!r}")
     for name in ("metricsBindAddress", "healthzBindAddress"):
         parse_bind_address(f"{source}: {name}", doc.get(name))
+    lb = nested["loadBalancer"]
+    if lb.get("enabled") is not None and not isinstance(lb.get("enabled"), bool):
+        raise ConfigError(f"{source}: loadBalancer.enabled: expected true or false, got {lb.get('enabled')!r}")
+    for name in ("loadBalancerClass", "leaseNamespace"):
+        if lb.get(name) is not None and not isinstance(lb.get(name), str):
+            raise ConfigError(f"{source}: loadBalancer.{name}: expected a string, got {lb.get(name)!r}")
+    hb_port = lb.get("heartbeatPort")
+    if hb_port is not None and (isinstance(hb_port, bool) or not isinstance(hb_port, int) or not 1 <= hb_port <= 65535):
+        raise ConfigError(f"{source}: loadBalancer.heartbeatPort: expected a port 1-65535, got {hb_port!r}")
     min_sync = pick("minSyncPeriod", "nftables")
     sync = pick("syncPeriod", "nftables")
     return FileSettings(
@@ -137,6 +152,10 @@ def parse_config(doc: Any, source: str = "config") -> FileSettings:
         masquerade_all=masq,
         kubeconfig=nested["clientConnection"].get("kubeconfig") or None,
         log_format={"text": "plain"}.get(log_format, log_format) if log_format else None,
+        lb_enabled=lb.get("enabled"),
+        lb_class=lb.get("loadBalancerClass") or None,
+        lb_lease_namespace=lb.get("leaseNamespace") or None,
+        lb_heartbeat_port=hb_port,
     )
 
 

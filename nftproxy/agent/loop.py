@@ -54,6 +54,7 @@ class SyncLoop:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        after_sync: Callable[[SyncResult], None] | None = None,
     ) -> None:
         self.proxier = proxier
         self.updates = updates
@@ -64,6 +65,7 @@ class SyncLoop:
         self.metrics = metrics
         self.clock = clock
         self.wall_clock = wall_clock
+        self.after_sync = after_sync  # observers of a commit (the LB speaker: which addresses are live here)
         self.last_sync_start: float | None = None
         self.last_full_sync: float | None = None
         self.retry_at: float | None = None
@@ -159,6 +161,8 @@ class SyncLoop:
             self.health.updated(wall)
         if self.metrics is not None:
             self._record(result, wall)
+        if self.after_sync is not None:
+            self.after_sync(result)
         return result
 
     def _record(self, result: SyncResult, wall: float) -> None:

@@ -50,5 +50,17 @@ class Metrics:
         self.conflicts = Gauge("nftproxy_conflicting_elements", "Elements wanted by a Service but held by another",
                                registry=r)
 
+        # bare-metal LoadBalancer (pools and L2 announcement)
+        self.lb_leader = Gauge("nftproxy_lb_allocator_leader", "1 while this agent holds the allocator lease",
+                               registry=r)
+        self.lb_pool_addresses = Gauge("nftproxy_lb_pool_addresses", "Addresses of an IPAddressPool",
+                                       ["pool", "state"], registry=r)
+        self.lb_announced = Gauge("nftproxy_lb_announced", "1 for each address this node answers ARP/NDP for",
+                                  ["ip", "interface"], registry=r)
+        self.lb_peers = Gauge("nftproxy_lb_eligible_nodes", "Nodes the heartbeat membership counts as eligible",
+                              registry=r)
+        self.lb_conflicts = Counter("nftproxy_lb_announcement_conflicts",
+                                    "Times another host answered for an address this node announces", registry=r)
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

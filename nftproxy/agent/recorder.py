@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+from ..objects.model import ObjectRef
 from ..objects.parse import InvalidObject
 
 log = logging.getLogger("nftproxy.events")
@@ -22,42 +23,53 @@ class EventRecorder:
         self.core_api = core_api
         self.node_name = node_name
         self.component = component
-        self._queue: queue.Queue[InvalidObject] = queue.Queue(maxsize=1000)
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1000)
         threading.Thread(target=self._run, name="events", daemon=True).start()
 
     def invalid(self, err: InvalidObject) -> None:
         """Called from the sync loop; drops the Event rather than block if the queue is full."""
         if err.kind != "Node":
-            try:
-                self._queue.put_nowait(err)
-            except queue.Full:
-                log.warning("event queue full: not recording %s", err)
+            self.record(err.kind, err.ref, f"Invalid{err.kind}",
+                        f"nftproxy ignores this {err.kind}: {err.field}: {err.message}")
+
+    def record(self, kind: str, ref: ObjectRef, reason: str, message: str, type_: str = "Warning",
+               api_version: str | None = None) -> None:
+        """Any Event on any object; never blocks the caller (dropped, and logged, when the queue is full)."""
+        body = self.event_for(kind, ref, reason, message, type_, api_version, time.time())
+        try:
+            self._queue.put_nowait(body)
+        except queue.Full:
+            log.warning("event queue full: not recording %s on %s %s", reason, kind, ref)
 
     def _run(self) -> None:
         while True:
-            err = self._queue.get()
-            body = self.event_for(err, time.time())
+            body = self._queue.get()
+            namespace = body["metadata"]["namespace"]
             for attempt in range(5):
                 try:
-                    self.core_api.create_namespaced_event(err.ref.namespace, body)
+                    self.core_api.create_namespaced_event(namespace, body)
                     break
                 except Exception as exc:  # noqa: BLE001 - best effort, never fatal
                     if attempt == 4:
-                        log.warning("could not record an Event for %s %s: %s", err.kind, err.ref, exc)
+                        involved = body["involvedObject"]
+                        log.warning("could not record an Event for %s %s/%s: %s", involved["kind"],
+                                    namespace, involved["name"], exc)
                     time.sleep(0.5 * 2**attempt)
 
-    def event_for(self, err: InvalidObject, now: float) -> dict[str, Any]:
+    def event_for(self, kind: str, ref: ObjectRef, reason: str, message: str, type_: str,
+                  api_version: str | None, now: float) -> dict[str, Any]:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        api_version = "discovery.k8s.io/v1" if err.kind == "EndpointSlice" else "v1"
+        if api_version is None:
+            api_version = {"EndpointSlice": "discovery.k8s.io/v1"}.get(kind, "v1")
         return {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{err.ref.name}.{uuid.uuid4().hex[:16]}", "namespace": err.ref.namespace},
-            "involvedObject": {"apiVersion": api_version, "kind": err.kind, "namespace": err.ref.namespace,
-                               "name": err.ref.name},
-            "reason": f"Invalid{err.kind}",
-            "message": f"nftproxy ignores this {err.kind}: {err.field}: {err.message}",
-            "type": "Warning",
+            "metadata": {"name": f"{ref.name}.{uuid.uuid4().hex[:16]}", "namespace": ref.namespace},
+            "involvedObject": {"apiVersion": api_version, "kind": kind, "namespace": ref.namespace,
+                               "name": ref.name},
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
             "source": {"component": self.component, "host": self.node_name},
             "reportingComponent": self.component,
             "reportingInstance": self.node_name,

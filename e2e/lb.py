@@ -1,0 +1,241 @@
+"""A namespace cluster for the bare-metal LoadBalancer: three nodes, a client with no route but the LAN
+prefix (so it reaches a LoadBalancer address only through ARP/NDP), the API stand-in serving MetalLB's
+objects, and an nftproxy agent on every node. Used by tests/test_lb_l2.py and `python -m e2e.lb_failover`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from e2e.agent import NodeAgent
+from e2e.cluster_api import ClusterApi
+from e2e.netns import NamespaceCluster, Pod, require_root_and_netns
+from e2e.netns.cluster import Client, Node, cleanup_stale
+
+POOL_NAMESPACE = "metallb-system"
+GROUP, VERSION = "metallb.io", "v1beta1"
+# the LAN is 198.18.0.0/24 and 2001:db8::/64: pools live inside it, so the client resolves them on-link
+SEED_POOL_V4 = "198.18.0.200/32"
+
+# Sends one ARP request from a namespace and prints the MAC of every answer within `wait` seconds.
+_ASK = r"""
+import ipaddress, json, socket, sys, time
+from nftproxy.lb import frames
+ifname, target, wait, source = sys.argv[1], ipaddress.IPv4Address(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((ifname, 0))
+mac = s.getsockname()[4]
+s.send(frames.build_arp(frames.ARP_REQUEST, mac, ipaddress.IPv4Address(source), frames.ZERO_MAC, target,
+                        frames.BROADCAST_MAC))
+answers = set()
+s.settimeout(0.05)
+end = time.monotonic() + wait
+while time.monotonic() < end:
+    try:
+        arp = frames.parse_arp(s.recv(2048))
+    except socket.timeout:
+        continue
+    if arp and arp.op == frames.ARP_REPLY and arp.sender_ip == target:
+        answers.add(frames.mac_text(arp.sender_mac))
+print(json.dumps(sorted(answers)))
+"""
+
+
+@dataclass
+class LBWorld:
+    cluster: NamespaceCluster
+    api: ClusterApi
+    agents: list[NodeAgent]
+    pods: list[Pod]
+    outside: Client
+    core: Any
+    discovery: Any
+    custom: Any
+    created: list[tuple[str, str]] = field(default_factory=list)
+
+    # --- objects --------------------------------------------------------------------------------
+    def pool(self, name: str, *addresses: str, **spec: Any) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "IPAddressPool",
+                "metadata": {"name": name, "namespace": POOL_NAMESPACE}, "spec": {"addresses": list(addresses), **spec}}
+        self._put("ipaddresspools", name, body)
+
+    def l2(self, name: str, **spec: Any) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "L2Advertisement",
+                "metadata": {"name": name, "namespace": POOL_NAMESPACE}, "spec": spec}
+        self._put("l2advertisements", name, body)
+
+    def _put(self, plural: str, name: str, body: dict[str, Any]) -> None:
+        try:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, POOL_NAMESPACE, plural, body)
+        except client.exceptions.ApiException as err:
+            if err.status != 409:
+                raise
+            current = self.custom.get_namespaced_custom_object(GROUP, VERSION, POOL_NAMESPACE, plural, name)
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            self.custom.replace_namespaced_custom_object(GROUP, VERSION, POOL_NAMESPACE, plural, name, body)
+
+    def delete_pool(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, POOL_NAMESPACE, "ipaddresspools", name)
+
+    def service(self, name: str, pods: list[Pod], ports: list[tuple[str, int]] | None = None,
+                annotations: dict[str, str] | None = None, families: list[str] | None = None,
+                **spec: Any) -> None:
+        """A LoadBalancer Service and its EndpointSlice(s) (one per family)."""
+        ports = ports or [("TCP", 80)]
+        families = families or ["IPv4"]
+        body = {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "annotations": annotations or {}},
+                "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ipFamilies": families,
+                         "ipFamilyPolicy": "RequireDualStack" if len(families) > 1 else "SingleStack",
+                         "ports": [{"name": f"{proto.lower()}-{port}", "protocol": proto, "port": port,
+                                    "targetPort": 8080} for proto, port in ports], **spec}}
+        self.core.create_namespaced_service("default", body)
+        for family in families:
+            addresses = [(p.ip if family == "IPv4" else p.ip6, p.node.name) for p in pods]
+            slice_body = {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"{name}-{family.lower()}", "labels": {"kubernetes.io/service-name": name}},
+                "addressType": family,
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": node}
+                              for ip, node in addresses],
+                "ports": [{"name": f"{proto.lower()}-{port}", "protocol": proto, "port": 8080}
+                          for proto, port in ports],
+            }
+            self.discovery.create_namespaced_endpoint_slice("default", slice_body)
+        self.created.append(("default", name))
+
+    def delete_service(self, name: str) -> None:
+        self.core.delete_namespaced_service(name, "default")
+        for family in ("ipv4", "ipv6"):
+            try:
+                self.discovery.delete_namespaced_endpoint_slice(f"{name}-{family}", "default")
+            except client.exceptions.ApiException:
+                pass
+
+    def ingress(self, name: str) -> list[str]:
+        svc = self.core.read_namespaced_service_status(name, "default")
+        return [i.ip for i in (svc.status.load_balancer.ingress or [])] if svc.status.load_balancer else []
+
+    def wait_ingress(self, name: str, count: int = 1, timeout: float = 15.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ips = self.ingress(name)
+            if len(ips) >= count or time.monotonic() > deadline:
+                return ips
+            time.sleep(0.1)
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        """(type, reason, message) of the Events on Service `name`."""
+        items = self.core.list_namespaced_event("default").items
+        return [(e.type, e.reason, e.message) for e in items
+                if e.involved_object.name == name and e.involved_object.kind == "Service"]
+
+    def wait_event(self, name: str, reason: str, timeout: float = 10.0) -> list[tuple[str, str, str]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events(name) if e[1] == reason]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    # --- the LAN as the client sees it ------------------------------------------------------------
+    def mac_of(self, node: Node) -> str:
+        out = self.cluster.exec(node, ["ip", "-j", "link", "show", node.lan_ifname]).stdout
+        return str(json.loads(out)[0]["address"])
+
+    def node_by_mac(self, mac: str) -> str | None:
+        return next((n.name for n in self.cluster.nodes if self.mac_of(n) == mac), None)
+
+    def who_answers(self, ip: str, wait: float = 0.5) -> list[str]:
+        """Names of the nodes (or raw MACs) that answer one ARP request for `ip` from the client."""
+        out = self.cluster.exec(self.outside, [sys.executable, "-c", _ASK, "eth0", ip, str(wait),
+                                               str(self.outside.ip)]).stdout
+        return [self.node_by_mac(mac) or mac for mac in json.loads(out)]
+
+    def learned(self, ip: str) -> str | None:
+        """The node the client's neighbour table (ARP or NDP) holds for `ip`."""
+        out = self.cluster.exec(self.outside, ["ip", "-j", "neigh", "show", ip]).stdout
+        entries = [e for e in json.loads(out or "[]") if e.get("lladdr")]
+        return (self.node_by_mac(entries[0]["lladdr"]) or entries[0]["lladdr"]) if entries else None
+
+    def probe(self, ip: str, port: int = 80, proto: str = "tcp", count: int = 1, timeout: float = 1.0) -> list[Any]:
+        return self.cluster.probe(self.outside, ip, port, proto=proto, count=count, timeout=timeout)
+
+    def eventually_served(self, ip: str, port: int = 80, proto: str = "tcp", within: float = 10.0) -> Any:
+        deadline = time.monotonic() + within
+        while True:
+            result = self.probe(ip, port, proto, timeout=0.5)[0]
+            if result.ok or time.monotonic() > deadline:
+                return result
+            time.sleep(0.1)
+
+    def agent(self, node_name: str) -> NodeAgent:
+        return next(a for a in self.agents if a.node.name == node_name)
+
+
+def node_object(node: Node, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    addresses = [{"type": "InternalIP", "address": node.ip}]
+    if node.ip6:
+        addresses.append({"type": "InternalIP", "address": node.ip6})
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name, **(labels or {})}},
+            "status": {"addresses": addresses}}
+
+
+def agent_args() -> list[str]:
+    return ["--lb-lease-namespace", "default", "--lb-lease-duration", "4", "--healthz-bind-address", "",
+            "--metrics-bind-address", ""]
+
+
+@contextmanager
+def lb_world(nodes: int = 3) -> Iterator[LBWorld]:
+    require_root_and_netns()
+    cleanup_stale()
+    cluster = NamespaceCluster(nodes=nodes, dual_stack=True)
+    api: ClusterApi | None = None
+    agents: list[NodeAgent] = []
+    try:
+        pods = [cluster.add_pod(node, f"web-{node.index}") for node in cluster.nodes]
+        outside = cluster.add_client("outside")
+        api = ClusterApi(cluster.lan_netns, cluster.lan_gateway,
+                         service_cidr=f"{cluster.service_cidr},{cluster.service_cidr6}",
+                         bookmark_interval=1.0).start()
+        api_client = api.api.client()
+        core = client.CoreV1Api(api_client)
+        core.create_namespace({"metadata": {"name": POOL_NAMESPACE}})
+        for node in cluster.nodes:
+            core.create_node(node_object(node))
+        source = ["--kubeconfig", api.kubeconfig_for_nodes]
+        agents = [NodeAgent(cluster, node, source, *agent_args()) for node in cluster.nodes]
+        for agent in agents:
+            agent.start(wait=False)
+        for agent in agents:
+            agent.wait_synced(0, timeout=30)
+        yield LBWorld(cluster, api, agents, pods, outside, core, client.DiscoveryV1Api(api_client),
+                      client.CustomObjectsApi(api_client))
+    finally:
+        for agent in agents:
+            agent.stop()
+        if api is not None:
+            api.stop()
+        cluster.close()
+
+
+def kill(agent: NodeAgent) -> None:
+    """SIGKILL: no farewell, no hand-over (a crashed or powered-off node)."""
+    if agent.process is not None and agent.process.poll() is None:
+        agent.process.kill()
+        agent.process.wait(5)
+
+
+def set_link(world: LBWorld, node: Node, up: bool) -> None:
+    subprocess.run(["ip", "-n", node.netns, "link", "set", node.lan_ifname, "up" if up else "down"], check=True)

@@ -1,0 +1,181 @@
+"""This node's L2 announcements: which addresses it answers ARP/NDP for, kept in step with the cluster.
+
+Every node decides the same way (`announce.decide`) from the same inputs; the only input that does
+not come from the API is the set of live, eligible nodes, which comes from the heartbeat membership,
+so a failover never waits for the API server. A node announces an address only once its own rules
+for that address are committed (otherwise it would attract traffic it cannot forward), and only on
+interfaces with carrier.
+
+Split brain (another machine answering for an address we announce) is resolved towards the
+deterministic winner between the two: the loser stands back, the winner announces again at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..objects.model import ObjectRef
+from .announce import Decision, choose, decide, wanted_on
+from .view import ClusterView
+
+log = logging.getLogger("nftproxy.lb.speaker")
+YIELD_SECONDS = 30.0  # how long a loser of a split brain stays back unless membership changes first
+
+
+class Responder(Protocol):
+    def set_addresses(self, wanted: Mapping[str, Any]) -> None: ...
+
+
+class EventSink(Protocol):
+    def record(self, kind: str, ref: ObjectRef, reason: str, message: str, type_: str = "Warning",
+               api_version: str | None = None) -> None: ...
+
+
+@dataclass
+class SpeakerStats:
+    conflicts: int = 0
+    announced: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+class Speaker:
+    def __init__(
+        self,
+        me: str,
+        view: ClusterView,
+        responder: Responder,
+        default_interface: Callable[[str | None], str | None],
+        events: EventSink | None = None,
+        on_announced: Callable[[dict[str, frozenset[str]]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.me = me
+        self.view = view
+        self.responder = responder
+        self.default_interface = default_interface
+        self.events = events
+        self.on_announced = on_announced
+        self.clock = clock
+        self.live: frozenset[str] = frozenset()
+        self.settled = False
+        self.committed: dict[ObjectRef, frozenset[str]] = {}  # LB addresses in this node's kernel
+        self.no_carrier: set[str] = set()
+        self.decisions: dict[ObjectRef, Decision] = {}
+        self.yielded: dict[str, tuple[str, float]] = {}  # address -> (winner, until)
+        self.stats = SpeakerStats()
+        self._interface: str | None = None
+        self._interface_for: str | None = None
+        self._dirty_all = True
+        self._dirty: set[ObjectRef] = set()
+        self._wanted: dict[str, frozenset[str]] = {}
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def set_live(self, live: frozenset[str], settled: bool = True) -> None:
+        if live != self.live or settled != self.settled:
+            self.live, self.settled = live, settled
+            self.yielded.clear()  # membership moved: the deterministic choice speaks again
+            self._dirty_all = True
+
+    def set_committed(self, ref: ObjectRef, addresses: Iterable[str]) -> None:
+        new = frozenset(addresses)
+        if self.committed.get(ref, frozenset()) != new:
+            if new:
+                self.committed[ref] = new
+            else:
+                self.committed.pop(ref, None)
+            self._dirty.add(ref)
+
+    def set_carrier(self, interface: str, carrier: bool) -> None:
+        before = interface in self.no_carrier
+        if carrier:
+            self.no_carrier.discard(interface)
+        else:
+            self.no_carrier.add(interface)
+        if before != (not carrier):
+            self._dirty_all = True
+
+    def conflict(self, interface: str, address: str, mac: str, other_node: str | None) -> None:
+        """Someone else answered for `address`, which we announce: settle it towards the winner."""
+        self.stats.conflicts += 1
+        ref = next((r for r, d in self.decisions.items() if address in d.addresses and d.node == self.me), None)
+        first = self.decisions[ref].addresses[0] if ref is not None else address
+        winner = choose(first, {self.me, other_node}) if other_node else self.me
+        who = f"node {other_node}" if other_node else f"an unknown host ({mac})"
+        if winner == self.me:
+            log.warning("split brain on %s: %s answers for %s too; announcing again (we are the rightful node)",
+                        interface, who, address)
+            self._reannounce(address)
+        else:
+            log.warning("split brain on %s: %s answers for %s too; standing back for it", interface, who, address)
+            assert other_node is not None
+            self.yielded[address] = (other_node, self.clock() + YIELD_SECONDS)
+            self._dirty_all = True
+        if self.events is not None and ref is not None:
+            self.events.record("Service", ref, "AnnouncementConflict",
+                               f"{who} also answers for {address} on {interface}; resolved to node {winner}")
+
+    # --- the decision ---------------------------------------------------------------------------
+    def update(self) -> dict[str, frozenset[str]]:
+        """Recompute what changed and hand the result to the responder; returns interface -> addresses."""
+        changes = self.view.changes
+        if changes.everything or self._dirty_all:
+            refs = set(self.view.services) | set(self.decisions)
+            self.decisions.clear()
+        else:
+            refs = changes.services | self._dirty
+        self._dirty_all = False
+        self._dirty.clear()
+        pools = self.view.pool_list()
+        adverts = list(self.view.advertisements.values())
+        live = self.live if self.settled else frozenset()
+        for ref in refs:
+            service = self.view.announced(ref)
+            if service is None:
+                old = self.decisions.pop(ref, None)
+                if old is not None and old.node == self.me:
+                    log.info("Service %s: no longer announced here", ref)
+                continue
+            decision = decide(service, pools, adverts, self.view.nodes, live)
+            old = self.decisions.get(ref)
+            self.decisions[ref] = decision
+            if decision.node == self.me and (old is None or old.node != self.me):
+                log.info("Service %s: announcing %s from this node", ref, ", ".join(decision.addresses))
+                if self.events is not None:
+                    self.events.record("Service", ref, "nodeAssigned",
+                                       f'announcing from node "{self.me}" with protocol "layer2"', "Normal")
+        return self._apply()
+
+    def _apply(self) -> dict[str, frozenset[str]]:
+        me_info = self.view.nodes.get(self.me)
+        address = me_info.address if me_info else None
+        if address != self._interface_for or self._interface is None:
+            self._interface, self._interface_for = self.default_interface(address), address
+        wanted = wanted_on(self.me, self.decisions.values(), self._interface)
+        now = self.clock()
+        allowed = frozenset().union(*self.committed.values()) if self.committed else frozenset()
+        out: dict[str, frozenset[str]] = {}
+        for interface, addresses in wanted.items():
+            if interface in self.no_carrier:
+                continue
+            keep = frozenset(a for a in addresses if a in allowed and self.yielded.get(a, ("", 0.0))[1] <= now)
+            if keep:
+                out[interface] = keep
+        if out != self._wanted:
+            self.responder.set_addresses(out)
+            self._wanted = out
+            self.stats.announced = out
+            if self.on_announced is not None:
+                self.on_announced(out)
+        return out
+
+    def _reannounce(self, address: str) -> None:
+        without = {i: a - {address} for i, a in self._wanted.items()}
+        self.responder.set_addresses(without)
+        self.responder.set_addresses(self._wanted)
+
+    def withdraw_all(self) -> None:
+        self._wanted = {}
+        self.responder.set_addresses({})
