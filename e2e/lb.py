@@ -25,6 +25,7 @@ POOL_NAMESPACE = "metallb-system"
 GROUP, VERSION = "metallb.io", "v1beta1"
 # the LAN is 198.18.0.0/24 and 2001:db8::/64: pools live inside it, so the client resolves them on-link
 SEED_POOL_V4 = "198.18.0.200/32"
+POD_PORTS = {"TCP": 8080, "UDP": 5353}  # where the harness's echo servers listen
 
 # Sends one ARP request from a namespace and prints the MAC of every answer within `wait` seconds.
 _ASK = r"""
@@ -97,7 +98,7 @@ class LBWorld:
                 "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ipFamilies": families,
                          "ipFamilyPolicy": "RequireDualStack" if len(families) > 1 else "SingleStack",
                          "ports": [{"name": f"{proto.lower()}-{port}", "protocol": proto, "port": port,
-                                    "targetPort": 8080} for proto, port in ports], **spec}}
+                                    "targetPort": POD_PORTS[proto]} for proto, port in ports], **spec}}
         self.core.create_namespaced_service("default", body)
         for family in families:
             addresses = [(p.ip if family == "IPv4" else p.ip6, p.node.name) for p in pods]
@@ -107,7 +108,7 @@ class LBWorld:
                 "addressType": family,
                 "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": node}
                               for ip, node in addresses],
-                "ports": [{"name": f"{proto.lower()}-{port}", "protocol": proto, "port": 8080}
+                "ports": [{"name": f"{proto.lower()}-{port}", "protocol": proto, "port": POD_PORTS[proto]}
                           for proto, port in ports],
             }
             self.discovery.create_namespaced_endpoint_slice("default", slice_body)

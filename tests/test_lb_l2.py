@@ -61,3 +61,39 @@ def test_requested_address_outside_every_pool_is_refused(world: LBWorld) -> None
     assert refused and "outside every IPAddressPool" in refused[0][2], refused
     assert world.ingress("outsider") == []
     world.delete_service("outsider")
+
+
+def test_tcp_and_udp_services_share_one_address(world: LBWorld) -> None:
+    world.pool("lan", "198.18.0.210-198.18.0.219", "2001:db8::210-2001:db8::21f", autoAssign=False)
+    shared = {"metallb.io/address-pool": "lan", "metallb.io/allow-shared-ip": "dns"}
+    world.service("dns-tcp", world.pods, ports=[("TCP", 53)], annotations=shared)
+    world.service("dns-udp", world.pods, ports=[("UDP", 53)], annotations=shared)
+    tcp, udp = world.wait_ingress("dns-tcp"), world.wait_ingress("dns-udp")
+    assert tcp == udp and len(tcp) == 1 and tcp[0].startswith("198.18.0.21"), (tcp, udp)
+    assert world.eventually_served(tcp[0], 53, "tcp").ok
+    assert world.eventually_served(tcp[0], 53, "udp").ok
+    assert len(world.who_answers(tcp[0])) == 1
+    world.delete_service("dns-tcp")
+    world.delete_service("dns-udp")
+
+
+def test_ipv6_address_announced_through_ndp(world: LBWorld) -> None:
+    world.service("six", world.pods, families=["IPv6"], annotations={"metallb.io/address-pool": "lan"})
+    ips = world.wait_ingress("six")
+    assert len(ips) == 1 and ips[0].startswith("2001:db8::21"), ips
+    result = world.eventually_served(ips[0])
+    assert result.ok, f"the client reaches {ips[0]} through NDP: {result}"
+    assert world.learned(ips[0]) in {n.name for n in world.cluster.nodes}
+    world.delete_service("six")
+
+
+def test_etp_local_is_announced_by_the_node_with_the_endpoint_and_keeps_the_client_address(
+        world: LBWorld) -> None:
+    pod = world.pods[1]  # on node-2
+    world.service("local", [pod], annotations={"metallb.io/address-pool": "lan"}, externalTrafficPolicy="Local")
+    ip = world.wait_ingress("local")[0]
+    result = world.eventually_served(ip)
+    assert result.ok and result.pod == pod.name, result
+    assert result.client == world.outside.ip, "eTP Local keeps the client's address"
+    assert world.who_answers(ip) == [pod.node.name]
+    world.delete_service("local")
