@@ -24,9 +24,13 @@ Use::
 Served: core/v1 namespaces, nodes(+status), services(+status), endpoints,
 pods(+status), configmaps, events; discovery.k8s.io/v1 endpointslices;
 events.k8s.io/v1 events (same storage as core events, converted);
-coordination.k8s.io/v1 leases.  Discovery, a skeletal /openapi/v3 (no
-schemas; enough for kubectl to delegate field validation to the server) and
-server-side Table printing for kubectl are included.
+coordination.k8s.io/v1 leases; MetalLB's metallb.io custom resources
+(ipaddresspools, l2advertisements, bgpadvertisements, bgppeers, +status),
+read from deploy/components/loadbalancer/crds.yaml at import (crds.py), and
+those CRDs, read-only, as apiextensions.k8s.io/v1 customresourcedefinitions.
+Discovery, a skeletal /openapi/v3 (no schemas; enough for kubectl to delegate
+field validation to the server) and server-side Table printing for kubectl
+are included.
 
 Known differences from a real API server:
   * JSON and YAML bodies only.  Protobuf/CBOR request bodies get 415, so
@@ -39,6 +43,11 @@ Known differences from a real API server:
     are replaced.
   * Unknown-field pruning and type checks use the Python client's models as
     the schema; IntOrString and other `object` fields are not type-checked.
+  * Custom resources: structural pruning, defaulting and the schema keywords
+    type, required, enum, minimum and maximum (others, CEL rules and formats
+    are not checked); one version per kind for printer columns; no conversion
+    between versions; strategic merge patch is not refused as the real server
+    refuses it for custom resources.  The CRD list cannot be written (405).
   * Namespace deletion removes the contents at once (no Terminating period);
     pods are deleted immediately (no kubelet grace period).  Objects with
     finalizers do get deletionTimestamp and go once the finalizers are gone.

@@ -47,6 +47,10 @@ class Strategy:
     def validate_update(self, new: dict[str, Any], old: dict[str, Any]) -> list[FieldError]:
         return self.validate(new)
 
+    def validate_status_update(self, new: dict[str, Any], old: dict[str, Any]) -> list[FieldError]:
+        """Checks on a /status write (built-in kinds here have none; custom resources check their schema)."""
+        return []
+
     def allocate(self, obj: dict[str, Any], namespace: str, name: str) -> list[FieldError]:
         """Claim shared resources (IPs, ports) once validation passed."""
         return []
@@ -370,7 +374,7 @@ RESOURCES: list[ResourceType] = [
                  storage="events", field_labels=_EVENTS_V1_FIELDS,
                  to_view=core_to_events_v1, from_view=events_v1_to_core),
     ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, LeaseStrategy),
-]
+]  # + MetalLB's custom resources and the read-only CRD list, appended when crds.py is imported
 
 
 def group_versions() -> dict[str, list[ResourceType]]:

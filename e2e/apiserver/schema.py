@@ -9,7 +9,7 @@ typed `object` (IntOrString, RawExtension) are not checked.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes.client import models as _models
 
@@ -27,6 +27,8 @@ MODELS = {
     ("events.k8s.io", "Event"): "EventsV1Event",
     ("coordination.k8s.io", "Lease"): "V1Lease",
 }
+# Custom resources by (group, version, kind): prune a body in place, return the dropped paths (crds.py).
+CUSTOM: dict[tuple[str, str, str], Callable[[dict[str, Any]], list[str]]] = {}
 # map[string]Quantity fields take JSON numbers as well as strings.
 _QUANTITY_MAPS = {"capacity", "allocatable", "limits", "requests", "hard", "used", "overhead"}
 _GO = {"int": "int32", "str": "string", "bool": "bool", "float": "float64", "datetime": "Time"}
@@ -126,13 +128,18 @@ class Decoder:
 def decode(group: str, version: str, kind: str, body: dict[str, Any], mode: str) -> list[str]:
     """Prune `body` in place like Go decoding; return warnings, or raise 400 for Strict unknown fields."""
     model = MODELS.get((group, kind))
-    if model is None or not isinstance(body, dict):
+    custom = CUSTOM.get((group, version, kind))
+    if (model is None and custom is None) or not isinstance(body, dict):
         return []
-    dec = Decoder(kind, version)
-    dec.model(body, model, "")
-    if not dec.unknown:
+    if custom is not None:
+        unknown = custom(body)
+    else:
+        dec = Decoder(kind, version)
+        dec.model(body, model, "")
+        unknown = dec.unknown
+    if not unknown:
         return []
-    messages = [f'unknown field "{f}"' for f in dec.unknown]
+    messages = [f'unknown field "{f}"' for f in unknown]
     if mode == "Strict":
         raise bad_request("strict decoding error: " + ", ".join(messages))
     return messages if mode == "Warn" else []

@@ -30,7 +30,7 @@ import yaml
 
 from . import errors
 from .errors import ApiError
-from . import schema
+from . import crds, schema
 from .patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge_patch
 from .resources import ResourceType, find, group_versions
 from .selectors import FieldSelector, LabelSelector
@@ -361,6 +361,10 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.server.standin.store
         q = self._query
         dry_run = self._dry_run()
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method) or \
+            {"DELETE": "delete" if name else "deletecollection"}.get(method)
+        if sub is None and verb is not None and verb not in rtype.verbs:
+            raise errors.method_not_allowed()  # e.g. the read-only CRD list
         if name is None:
             if method == "GET":
                 if watch_prefix or q.get("watch") in ("true", "1"):
@@ -753,6 +757,7 @@ class ApiServerStandin:
         self.request_log: list[tuple[str, str]] = []
         self.store = Store(history_size, Allocator(cidrs, ports, random.Random(seed)), seed)
         self.store.bootstrap(namespaces)
+        crds.install(self.store)
         self._kubeconfig_arg = kubeconfig_path
         self.kubeconfig_path = ""
         self._tmpdir: str | None = None

@@ -343,6 +343,8 @@ class Store:
         errs += validate_object_meta(nmeta, rtype.namespaced, strat.name_rule)
         if subresource is None:  # status writes are not held to the spec's rules
             errs += strat.validate_update(new, old)
+        elif subresource == "status":
+            errs += strat.validate_status_update(new, old)
         if errs:
             raise self._invalid(rtype, name, errs)
         if subresource is None:
