@@ -14,6 +14,7 @@ import queue
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -413,9 +414,10 @@ class Speaker:
     def __init__(self, node: Node) -> None:
         self.node = node
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.log = tempfile.TemporaryFile("w+")  # the responder's warnings; never a pipe that could fill up
         self.process = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, sys.executable, "-c", DRIVER],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=REPO,
         )  # fmt: skip
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.events: list[dict[str, Any]] = []
@@ -438,7 +440,8 @@ class Speaker:
             message = self.replies.get(timeout=timeout)
         except queue.Empty:
             self.process.kill()
-            raise AssertionError(f"no {op!r} reply from {self.node.name}: {self.process.stderr.read()}") from None  # type: ignore[union-attr]
+            self.log.seek(0)
+            raise AssertionError(f"no {op!r} reply from {self.node.name}: {self.log.read()}") from None
         assert message.get("reply") == op, message
         return message
 
@@ -466,15 +469,18 @@ class Speaker:
         raise AssertionError(f"no matching event from {self.node.name} within {timeout} s: {self.events}")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
+        """Stop the responder through stdin (it must join all its threads), then reap the process."""
+        try:
+            if self.process.poll() is None:
+                assert self.process.stdin is not None
+                self.process.stdin.close()
                 reply = self.wait_reply("stopped", timeout=5)
                 assert reply["threads"] == 1, "threads left running after stop()"
-            finally:
+        finally:
+            if self.process.poll() is None:
                 self.process.kill()
-                self.process.wait()
+            self.process.wait()
+            self.log.close()
 
 
 def node_mac(node: Node) -> str:

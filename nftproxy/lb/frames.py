@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import AbstractSet, Union
 
@@ -164,9 +163,9 @@ def icmpv6_checksum(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, mess
     return ~total & 0xFFFF
 
 
-def _options(data: bytes) -> Iterable[tuple[int, bytes]] | None:
+def _options(data: bytes) -> list[tuple[int, bytes]] | None:
     """(type, body) of each ND option, or None if one has length 0 or overruns (drop the packet)."""
-    found = []
+    found: list[tuple[int, bytes]] = []
     offset = 0
     while offset < len(data):
         if offset + 2 > len(data):
