@@ -393,7 +393,8 @@ for line in sys.stdin:
         emit(reply=op, took=took, announced={k: sorted(v) for k, v in responder.announced().items()})
     elif op == "stats":
         stats = {f"{name} {ip}": [s.answered, s.announcements, s.conflicts] for (name, ip), s in responder.stats().items()}
-        emit(reply=op, stats=stats, received=responder.frames_received())
+        emit(reply=op, stats=stats, received=responder.frames_received(),
+             announced={k: sorted(v) for k, v in responder.announced().items()})
     elif op == "watch":
         watch = CarrierWatch(command["interfaces"], carrier)
         watch.start()
@@ -690,3 +691,42 @@ def test_set_addresses_stays_fast_during_an_announcement_burst(lan: tuple[Namesp
     a.set(*many)
     a.set(*many[:-10])  # Speaker.set asserts each call returned within 50 ms
     assert len(a.set(*many[:-20])["announced"]["eth0"]) == len(many) - 20
+
+
+@pytest.mark.kernel
+def test_interfaces_that_appear_change_mac_or_are_recreated_are_followed(speakers: tuple[Speaker, Speaker]) -> None:
+    a, b = speakers
+    address = "198.18.7.1"
+
+    def link_pair() -> None:
+        subprocess.run(["ip", "-n", a.node.netns, "link", "add", "cw2", "type", "veth", "peer", "name", "cw3",
+                        "netns", b.node.netns], check=True)  # fmt: skip
+        subprocess.run(["ip", "-n", a.node.netns, "link", "set", "cw2", "up"], check=True)
+        subprocess.run(["ip", "-n", b.node.netns, "link", "set", "cw3", "up"], check=True)
+
+    def announced_on_cw2(expected: dict[str, list[str]]) -> None:
+        deadline = time.monotonic() + 2.5  # the responder looks at its interfaces every second
+        while (seen := a.call("stats")["announced"]) != expected:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+
+    def b_hears_a_as(mac: str) -> None:
+        b.wait_event(lambda e: e["event"] == "conflict" and e["mac"] == mac and e["interface"] == "cw3", timeout=2.5)
+
+    assert a.call("set", wanted={"cw2": [address]})["announced"] == {}, "cw2 does not exist yet"
+    b.call("set", wanted={"cw3": [address]})  # B holds it too: its conflict reports show A's announcements
+    try:
+        link_pair()
+        announced_on_cw2({"cw2": [address]})
+        b_hears_a_as(json.loads(subprocess.run(["ip", "-n", a.node.netns, "-j", "link", "show", "cw2"],
+                                               capture_output=True, text=True, check=True).stdout)[0]["address"])
+        subprocess.run(["ip", "-n", a.node.netns, "link", "set", "cw2", "address", "02:00:00:00:07:02"], check=True)
+        b_hears_a_as("02:00:00:00:07:02")  # what A sends now carries the new MAC
+        subprocess.run(["ip", "-n", a.node.netns, "link", "del", "cw2"], check=True)
+        announced_on_cw2({})
+        link_pair()
+        subprocess.run(["ip", "-n", a.node.netns, "link", "set", "cw2", "address", "02:00:00:00:07:03"], check=True)
+        announced_on_cw2({"cw2": [address]})
+        b_hears_a_as("02:00:00:00:07:03")
+    finally:
+        subprocess.run(["ip", "-n", a.node.netns, "link", "del", "cw2"], capture_output=True, check=False)
