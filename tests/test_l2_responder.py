@@ -379,7 +379,7 @@ def conflict(interface, ip, mac):
 def carrier(interface, up):
     emit(event="carrier", interface=interface, carrier=up, t=time.monotonic())
 
-responder = L2Responder(on_conflict=conflict)
+responder = L2Responder(on_conflict=conflict, schedule=[float(s) for s in sys.argv[1:]] or (0.0, 0.25, 0.5, 1.0, 2.0, 4.0))
 responder.start()
 watch = None
 emit(reply="ready")
@@ -399,6 +399,9 @@ for line in sys.stdin:
         watch = CarrierWatch(command["interfaces"], carrier)
         watch.start()
         emit(reply=op)
+    elif op == "reannounce":
+        responder.reannounce(command["interface"])
+        emit(reply=op)
     elif op == "links":
         emit(reply=op, interfaces={a: interface_of_address(a) for a in command["addresses"]},
              carrier={name: has_carrier(name) for name in command["interfaces"]})
@@ -412,12 +415,12 @@ emit(reply="stopped", threads=threading.active_count())
 class Speaker:
     """A responder (and optionally a carrier watch) running in a node's namespace, driven over stdin."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, schedule: tuple[float, ...] = ()) -> None:
         self.node = node
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.log = tempfile.TemporaryFile("w+")  # the responder's warnings; never a pipe that could fill up
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, sys.executable, "-c", DRIVER],
+            ["ip", "netns", "exec", node.netns, sys.executable, "-c", DRIVER, *map(str, schedule)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=REPO,
         )  # fmt: skip
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -595,6 +598,33 @@ def test_a_unicast_nud_probe_is_answered(lan: tuple[NamespaceCluster, Client], s
         assert time.monotonic() < deadline, neighbour(client, "2001:db8::205")
         time.sleep(0.02)
     assert a.stats()["eth0 2001:db8::205"][0] > answered
+
+
+@pytest.mark.kernel
+def test_announcements_follow_the_schedule_and_reannounce(lan: tuple[NamespaceCluster, Client]) -> None:
+    cluster, _ = lan
+    speaker = Speaker(cluster.nodes[0], schedule=(0.0, 0.2))
+    ips = ("198.18.0.206", "2001:db8::206")
+
+    def announced_frames() -> tuple[int, ...]:
+        return tuple(speaker.stats().get(f"eth0 {ip}", [0, 0])[1] for ip in ips)
+
+    def settles_at(expected: tuple[int, int]) -> None:
+        deadline = time.monotonic() + 2
+        while announced_frames() != expected:
+            assert time.monotonic() < deadline, announced_frames()
+            time.sleep(0.05)
+        time.sleep(0.3)  # and no more than that
+        assert announced_frames() == expected
+
+    try:
+        speaker.set(*ips)
+        settles_at((4, 2))  # two rounds: gratuitous request + reply, one unsolicited NA
+        speaker.call("reannounce", interface="eth9")
+        speaker.call("reannounce", interface="eth0")
+        settles_at((8, 4))
+    finally:
+        speaker.close()
 
 
 @pytest.mark.kernel

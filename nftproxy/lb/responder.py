@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23  # Linux 4.20+: the kernel does not even clone our interface's sends for us
 PACKET_OTHERHOST = 3  # pkttypes from here on: frames for other hosts, our own sends, loopback
 SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE: BPF ancillary load of the pkttype
 RECONCILE_PERIOD = 1.0  # seconds between checks of the interfaces in use
@@ -106,7 +108,8 @@ class _Port:
     """One interface in use: its packet socket, its solicited-node memberships, its receive thread.
 
     The socket is created with protocol 0 (receiving nothing), filtered, then bound to the
-    interface, so no frame of another interface is ever queued on it.
+    interface, so no frame of another interface is ever queued on it. It ignores outgoing frames,
+    so a tap on the interface costs the node's transmit path nothing.
     """
 
     def __init__(self, name: str) -> None:
@@ -115,6 +118,10 @@ class _Port:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         try:
             _attach_filter(self.sock, filter_program())
+            try:
+                self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            except OSError:
+                pass  # older kernel: the filter drops our own sends, after a clone of each
             self.sock.bind((name, ETH_P_ALL))
             self.mac = self.current_mac()
         except OSError:
