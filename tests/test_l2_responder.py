@@ -50,7 +50,7 @@ V4 = ipaddress.IPv4Address("198.18.0.200")
 V6 = ipaddress.IPv6Address("2001:db8::200")
 ASKER4 = ipaddress.IPv4Address("198.18.0.101")
 ASKER6 = ipaddress.IPv6Address("2001:db8::101")
-HELD = frozenset({V4, V6})
+HELD: frozenset[frames.IPAddress] = frozenset({V4, V6})
 
 
 # --------------------------------------------------------------------------- #
@@ -542,13 +542,13 @@ def joined_groups(node: Node) -> set[str]:
 
 @pytest.fixture(scope="module")
 def lan() -> Iterator[tuple[NamespaceCluster, Client]]:
-    """Two nodes and a client on one bridge; the client gives up resolving after 3 x 100 ms."""
+    """Two nodes and a client on one bridge; the client gives up resolving after 3 x 200 ms."""
     require_root_and_netns()
     cleanup_stale()
     with NamespaceCluster(nodes=2, dual_stack=True) as cluster:
         client = cluster.add_client("c")
-        cluster.exec(client, ["sysctl", "-q", "-w", "net.ipv4.neigh.eth0.retrans_time_ms=100",
-                              "net.ipv6.neigh.eth0.retrans_time_ms=100"])  # fmt: skip
+        cluster.exec(client, ["sysctl", "-q", "-w", "net.ipv4.neigh.eth0.retrans_time_ms=200",
+                              "net.ipv6.neigh.eth0.retrans_time_ms=200"])  # fmt: skip
         yield cluster, client
 
 
