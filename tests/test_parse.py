@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
+import random
 
 import pytest
 
+from nftproxy.objects.addresses import AddressError, ip_text, parse_ip
 from nftproxy.objects.parse import InvalidObject, parse_endpoint_slice, parse_service
 
 from e2e.objects import endpoint_slice, service
@@ -89,3 +92,56 @@ def test_endpoint_slice_ignored_or_refused() -> None:
     with pytest.raises(InvalidObject) as err:
         parse_endpoint_slice(endpoint_slice("web", ["198.18.129.2"], ports=[{"name": "http", "port": 0}]))
     assert err.value.field == "ports[0].port"
+
+
+def _address_forms(rng: random.Random) -> list[object]:
+    """Canonical and non-canonical spellings, and things that are no address at all."""
+    words = [rng.choice([0, 0, 0, 1, rng.randrange(16), rng.randrange(65536)]) for _ in range(8)]
+    v6 = ipaddress.IPv6Address(int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big"))
+    v4 = ipaddress.IPv4Address(rng.randrange(2**32))
+    octets = str(v4).split(".")
+    return [
+        str(v6), v6.exploded, str(v6).upper(), f"::ffff:{v4}", f"::ffff:{int(v4) >> 16:x}:{int(v4) & 0xFFFF:x}",
+        f"::{v4}", f"{v6}%eth0", str(v4), " " + str(v4), ".".join(o.zfill(3) for o in octets),
+        ".".join(octets[:3]), f"{v4}.1", "1.2.3.256", "", None, 7, "::g", ":::", "not-an-ip",
+    ]
+
+
+def test_canonical_address_fast_path_agrees_with_the_full_parse() -> None:
+    rng = random.Random(4)
+    for _ in range(3000):
+        for text in _address_forms(rng):
+            try:
+                expected: object = str(parse_ip(text))
+            except AddressError as err:
+                expected = f"error: {err}"
+            try:
+                got: object = ip_text(text)
+            except AddressError as err:
+                got = f"error: {err}"
+            assert got == expected, text
+
+
+def test_endpoint_fields_are_named_in_errors() -> None:
+    cases = [
+        ("endpoints[1].addresses[0]", lambda e: e[1].update(addresses=["198.18.129.300"])),
+        ("endpoints[1].addresses", lambda e: e[1].update(addresses=[])),
+        ("endpoints[1].addresses", lambda e: e[1].update(addresses="198.18.129.2")),
+        ("endpoints[1].conditions", lambda e: e[1].update(conditions=["ready"])),
+        ("endpoints[1].hints", lambda e: e[1].update(hints="zone-a")),
+        ("endpoints[1].targetRef", lambda e: e[1].update(targetRef="pod")),
+        ("endpoints[1]", lambda e: e.__setitem__(1, "198.18.129.3")),
+    ]
+    for field, breaker in cases:
+        obj = endpoint_slice("web", ["198.18.129.2", "198.18.129.3"])
+        breaker(obj["endpoints"])
+        with pytest.raises(InvalidObject) as err:
+            parse_endpoint_slice(obj)
+        assert err.value.field == field, (field, str(err.value))
+    ok = endpoint_slice("web", ["198.18.129.2", "198.18.129.3"])
+    ok["endpoints"][1].update(hints={"forZones": [{"name": "a"}]}, targetRef={"name": "web-1"}, zone="a",
+                              conditions={"ready": False, "serving": None})
+    sl = parse_endpoint_slice(ok)
+    assert sl is not None
+    second = sl.endpoints[1]
+    assert (second.zone_hints, second.target_name, second.zone, second.ready, second.serving) == (("a",), "web-1", "a", False, False)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .addresses import AddressError, parse_cidr, parse_ip
+from .addresses import AddressError, ip_text, parse_cidr
 from .model import (
     PROTOCOLS,
     Endpoint,
@@ -62,6 +62,8 @@ class _Checker:
         return InvalidObject(self.kind, self.ref, field, message)
 
     def mapping(self, value: Any, field: str) -> Mapping[str, Any]:
+        if type(value) is dict:  # what JSON and YAML give: skip the slow abstract-class check
+            return value
         if value is None:
             return {}
         if not isinstance(value, Mapping):
@@ -69,6 +71,8 @@ class _Checker:
         return value
 
     def sequence(self, value: Any, field: str) -> Sequence[Any]:
+        if type(value) is list:
+            return value
         if value is None:
             return ()
         if not isinstance(value, list | tuple):
@@ -91,7 +95,7 @@ class _Checker:
 
     def ip(self, value: Any, field: str) -> str:
         try:
-            return str(parse_ip(value))
+            return ip_text(value)
         except AddressError as err:
             raise self.fail(field, str(err)) from None
 
@@ -253,16 +257,11 @@ def _parse_weights(check: _Checker, text: Any) -> tuple[tuple[str, int], ...]:
     out: list[tuple[str, int]] = []
     for key, value in data.items():
         try:
-            key = str(parse_ip(key))
+            key = ip_text(key)
         except AddressError:
             pass  # a Pod name
         out.append((str(key), _weight(check, f"{field}.{key}", value)))
     return tuple(sorted(out))
-
-
-def _condition(conditions: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = conditions.get(name)
-    return default if value is None else bool(value)
 
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
@@ -305,44 +304,66 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
             )
         )
 
-    endpoints: list[Endpoint] = []
-    for i, raw in enumerate(check.sequence(obj.get("endpoints"), "endpoints")):
-        raw = check.mapping(raw, f"endpoints[{i}]")
-        addresses = check.sequence(raw.get("addresses"), f"endpoints[{i}].addresses")
-        if not addresses:
-            raise check.fail(f"endpoints[{i}].addresses", "must hold at least one address")
-        address = check.ip(addresses[0], f"endpoints[{i}].addresses[0]")
-        if (6 if ":" in address else 4) != family:
-            raise check.fail(f"endpoints[{i}].addresses[0]", f"{address} is not an {address_type} address")
-        conditions = check.mapping(raw.get("conditions"), f"endpoints[{i}].conditions")
-        ready = _condition(conditions, "ready", True)
-        hints_obj = check.mapping(raw.get("hints"), f"endpoints[{i}].hints")
-        zone_hints = None
-        if "forZones" in hints_obj:
-            zone_hints = tuple(
-                str(check.mapping(z, f"endpoints[{i}].hints.forZones[{j}]").get("name") or "")
-                for j, z in enumerate(check.sequence(hints_obj.get("forZones"), f"endpoints[{i}].hints.forZones"))
-            )
-        endpoints.append(
-            Endpoint(
-                address=address,
-                family=family,
-                ready=ready,
-                serving=_condition(conditions, "serving", ready),
-                terminating=_condition(conditions, "terminating", False),
-                node_name=raw.get("nodeName") or None,
-                zone=raw.get("zone") or None,
-                zone_hints=zone_hints,
-                target_name=str(check.mapping(raw.get("targetRef"), f"endpoints[{i}].targetRef").get("name") or "") or None,
-                weight=slice_weight,
-            )
-        )
+    endpoints = [_endpoint(check, i, raw, family, address_type, slice_weight)
+                 for i, raw in enumerate(check.sequence(obj.get("endpoints"), "endpoints"))]
     return EndpointSlice(
         ref=ref,
         service=ObjectRef(ref.namespace, str(service_name)),
         family=family,
         ports=tuple(ports),
         endpoints=tuple(endpoints),
+    )
+
+
+def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: str, weight: int) -> Endpoint:
+    """One endpoint of a slice: the inner loop of a cold start (300,000 times at 30,000 Services x 10).
+
+    Plain dicts and lists take the direct path, and a field's path is spelt out only to report it.
+    """
+    if type(raw) is not dict:
+        raw = check.mapping(raw, f"endpoints[{i}]")
+    addresses = raw.get("addresses")
+    if type(addresses) is not list:
+        addresses = check.sequence(addresses, f"endpoints[{i}].addresses")
+    if not addresses:
+        raise check.fail(f"endpoints[{i}].addresses", "must hold at least one address")
+    try:
+        address = ip_text(addresses[0])
+    except AddressError as err:
+        raise check.fail(f"endpoints[{i}].addresses[0]", str(err)) from None
+    if (6 if ":" in address else 4) != family:
+        raise check.fail(f"endpoints[{i}].addresses[0]", f"{address} is not an {address_type} address")
+    conditions = raw.get("conditions")
+    if type(conditions) is not dict:
+        conditions = check.mapping(conditions, f"endpoints[{i}].conditions")
+    ready = conditions.get("ready")  # unset conditions default as the API documents them
+    ready = True if ready is None else bool(ready)
+    serving = conditions.get("serving")
+    terminating = conditions.get("terminating")
+    zone_hints = None
+    hints = raw.get("hints")
+    if hints is not None:
+        hints = check.mapping(hints, f"endpoints[{i}].hints")
+        if "forZones" in hints:
+            zone_hints = tuple(
+                str(check.mapping(z, f"endpoints[{i}].hints.forZones[{j}]").get("name") or "")
+                for j, z in enumerate(check.sequence(hints.get("forZones"), f"endpoints[{i}].hints.forZones"))
+            )
+    target_name = None
+    target = raw.get("targetRef")
+    if target is not None:
+        target_name = str(check.mapping(target, f"endpoints[{i}].targetRef").get("name") or "") or None
+    return Endpoint(
+        address=address,
+        family=family,
+        ready=ready,
+        serving=ready if serving is None else bool(serving),
+        terminating=False if terminating is None else bool(terminating),
+        node_name=raw.get("nodeName") or None,
+        zone=raw.get("zone") or None,
+        zone_hints=zone_hints,
+        target_name=target_name,
+        weight=weight,
     )
 
 
