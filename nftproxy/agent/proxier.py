@@ -12,6 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,19 +20,25 @@ from ..config import ProxyConfig
 from ..desired.conntrack import StaleFlows, stale_udp_flows
 from ..desired.elements import EMPTY, Chain, Element, Fragment
 from ..desired.healthcheck import HealthCheck, health_check_of
-from ..desired.skeleton import FAMILY, TABLE
+from ..desired.skeleton import FAMILY, TABLE, skeleton_text
 from ..desired.translate import config_fragment, service_elements, service_fragment
 from ..diff.committed import Committed
 from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
-from ..diff.rebuild import Rebuilt, rebuild
-from ..kernel import Kernel, KernelError
+from ..diff.rebuild import Rebuilt, rebuild, rebuild_script
+from ..kernel import Kernel, KernelError, StreamingKernel
 from ..objects.model import EndpointSlice, Node, ObjectRef, Service
 from ..objects.parse import InvalidObject, object_ref, parse_endpoint_slice, parse_node, parse_service
+from ..transaction.block import TableBlock, table_block
 from ..transaction.transaction import Transaction
 
 log = logging.getLogger("nftproxy.proxier")
 
 ServiceInputs = tuple[Service, tuple[EndpointSlice, ...]]
+
+
+@cache
+def _skeleton_block() -> TableBlock:
+    return table_block(skeleton_text(), FAMILY, TABLE)
 
 
 def _return_free_memory() -> None:
@@ -51,6 +58,7 @@ class PendingSync:
     rebuild: bool
     plan: Plan | None = None
     rebuilt: Rebuilt | None = None
+    script: Iterator[str] | None = None  # a rebuild to stream: fills `rebuilt` as it is consumed
 
 
 @dataclass(slots=True)
@@ -204,10 +212,13 @@ class Proxier:
     def pending(self) -> bool:
         return self.needs_rebuild or bool(self.dirty)
 
-    def compute(self) -> PendingSync:
-        """Pure with respect to the kernel: what the next sync would send, and what it then commits."""
+    def compute(self, stream: bool = False) -> PendingSync:
+        """Pure with respect to the kernel: what the next sync would send, and what it then commits.
+
+        `stream`: a rebuild comes as a script to be consumed while it is produced (`PendingSync.script`).
+        """
         if self.needs_rebuild:
-            return self._compute_rebuild()
+            return self._compute_rebuild(stream)
         refs = set(self.dirty)
         new_inputs = {ref: self._inputs(ref) for ref in refs}
         changes: list[Change] = []
@@ -227,7 +238,7 @@ class Proxier:
         the_plan = plan(self.committed.claims, self.committed.chains, changes, self._committed_lookup())
         return PendingSync(Transaction.from_plan(the_plan), new_inputs, False, plan=the_plan)
 
-    def _compute_rebuild(self) -> PendingSync:
+    def _compute_rebuild(self, stream: bool) -> PendingSync:
         refs = set(self.services) | set(self.committed_inputs)
         new_inputs = {ref: self._inputs(ref) for ref in refs}
         present = sorted((self._owner(inputs), inputs) for inputs in new_inputs.values() if inputs is not None)
@@ -239,6 +250,10 @@ class Proxier:
             for owner, (svc, slices) in present:
                 yield (owner, *service_elements(svc, slices, self.config, zone))
 
+        if stream:
+            out = Rebuilt()
+            script = rebuild_script(owned(), out, _skeleton_block(), f"{FAMILY} {TABLE}")
+            return PendingSync(Transaction(rebuild=True), new_inputs, True, rebuilt=out, script=script)
         rebuilt = rebuild(owned(), f"{FAMILY} {TABLE}")
         tx = Transaction(rebuild=True, add_chains=rebuilt.add_chains, rendered_elements=rebuilt.element_text,
                          rendered_count=rebuilt.element_count)
@@ -282,12 +297,17 @@ class Proxier:
         return result
 
     def _sync(self, started: float) -> SyncResult:
-        pending = self.compute()
+        pending = self.compute(stream=isinstance(self.kernel, StreamingKernel))
         tx, new_inputs, rebuild_ = pending.transaction, pending.new_inputs, pending.rebuild
         script_bytes = 0
         if not tx.is_empty():
             try:
-                self.kernel.apply(tx)
+                if pending.script is not None:
+                    self.kernel.apply_stream(pending.script)  # type: ignore[attr-defined]
+                    assert pending.rebuilt is not None
+                    tx.add_chains, tx.rendered_count = pending.rebuilt.add_chains, pending.rebuilt.element_count
+                else:
+                    self.kernel.apply(tx)
             except KernelError:
                 self.needs_rebuild = True
                 raise

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 from ..transaction.transaction import Transaction
 
@@ -15,3 +16,10 @@ class Kernel(Protocol):
     def apply(self, tx: Transaction) -> None: ...
 
     def delete_table(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingKernel(Kernel, Protocol):
+    """A kernel that takes a rebuild's script while it is being produced (see transaction/block.py)."""
+
+    def apply_stream(self, chunks: Iterable[str]) -> None: ...

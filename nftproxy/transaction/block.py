@@ -1,0 +1,127 @@
+"""A rebuild as one `table { ... }` block, so that a script cut short can never be committed.
+
+`nft -f` commits whatever it has parsed when its input ends at a statement boundary. A rebuild that is
+streamed to nft while it is being produced would therefore, if nftproxy died half way, commit a table
+deleted and half rebuilt. Inside one table block that cannot happen: until the last `}` arrives, the
+input ends inside the block and nft refuses all of it (a syntax error, nothing sent to the kernel).
+
+Elements cannot be added with `add element` inside a table block; a set may be declared again instead,
+with its elements: `map NAME { <its declaration> elements = { ... } }` (nft 1.0.6 merges the elements of
+every declaration of a set in the block). So each set's declaration is taken from the skeleton, or from
+the chain that owns the map. The header (`add table`, `delete table`, the opening of the block) is
+written first and alone: less than PIPE_BUF, it reaches nft whole or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..desired.elements import Chain
+from .transaction import quote_comment
+
+_SET_HEADER = re.compile(r"^(set|map)\s+([\w-]+)$")
+
+
+class SkeletonError(ValueError):
+    """The skeleton holds something that cannot go inside the rebuild's table block."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableBlock:
+    """The skeleton as the inside of one table block, and each of its sets' declarations."""
+
+    body: str
+    declarations: dict[str, str]  # set or map name -> "map NAME { <its declaration>" (left open)
+
+
+def _skip(text: str, i: int) -> int:
+    """Past the string or comment starting at text[i] (or i + 1 for any other character)."""
+    if text[i] == '"':
+        end = text.find('"', i + 1)
+        return len(text) if end < 0 else end + 1
+    if text[i] == "#":
+        end = text.find("\n", i)
+        return len(text) if end < 0 else end
+    return i + 1
+
+
+def _blocks(text: str, loose_ok: bool) -> Iterator[tuple[str, int, int]]:
+    """Top-level `... {` blocks: (the text before the brace since the previous block, open, close).
+
+    Strings and comments are skipped, so braces inside them do not count. `loose_ok`: statements may
+    follow the last block (inside a table: `comment "..."`); else only comments may.
+    """
+    i, start, depth, opened = 0, 0, 0, 0
+    while i < len(text):
+        c = text[i]
+        if c == "{":
+            if depth == 0:
+                opened = i
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                raise SkeletonError(f"unbalanced '}}' at offset {i}")
+            if depth == 0:
+                yield text[start:opened], opened, i
+                start = i + 1
+        i = _skip(text, i)
+    if depth:
+        raise SkeletonError("unterminated block")
+    if not loose_ok and _uncommented(text[start:]).strip():
+        raise SkeletonError(f"statement outside a block: {_uncommented(text[start:]).strip()[:80]!r}")
+
+
+def _uncommented(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        j = _skip(text, i)
+        if text[i] != "#":
+            out.append(text[i:j])
+        i = j
+    return "".join(out)
+
+
+def _last_statement(text: str) -> str:
+    return re.split(r"[;\n]", _uncommented(text).strip())[-1].strip()
+
+
+def table_block(skeleton: str, family: str, table: str) -> TableBlock:
+    """The inside of every `table FAMILY TABLE { }` block of the skeleton, and the declarations in them."""
+    bodies: list[str] = []
+    declarations: dict[str, str] = {}
+    for before, opened, closed in _blocks(skeleton, loose_ok=False):
+        header = " ".join(_uncommented(before).split())
+        if header != f"table {family} {table}":
+            raise SkeletonError(f"the skeleton may only hold `table {family} {table} {{ }}` blocks, not {header[:80]!r}")
+        body = skeleton[opened + 1 : closed]
+        bodies.append(body)
+        for inner_before, inner_open, inner_close in _blocks(body, loose_ok=True):
+            match = _SET_HEADER.match(_last_statement(inner_before))
+            if match:
+                kind, name = match.groups()
+                # static elements in it are declared again too: harmless, nft merges duplicates
+                declarations[name] = f"{kind} {name} {{ {body[inner_open + 1 : inner_close].strip()}"
+    return TableBlock("\n".join(bodies), declarations)
+
+
+HEADER_TEMPLATE = "add table {target}\ndelete table {target}\ntable {target} {{\n"
+FOOTER = "}\n"
+
+
+def chain_block(chain: Chain) -> str:
+    """A chain and the maps it owns, as declarations inside the table block."""
+    out = [f"\tmap {name} {{ {body} }}\n" for name, body in chain.maps]
+    out.append(f"\tchain {chain.name} {{\n")
+    if chain.comment:
+        out.append(f"\t\tcomment {quote_comment(chain.comment)}\n")
+    out.extend(f"\t\t{rule}\n" for rule in chain.rules)
+    out.append("\t}\n")
+    return "".join(out)
+
+
+def elements_block(declaration: str, items: str) -> str:
+    """One batch of a set's elements: the set declared again, with them (items joined by ",\\n\\t")."""
+    return f"\t{declaration}\n\t\telements = {{\n\t{items}\n\t\t}}\n\t}}\n"
