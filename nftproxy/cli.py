@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import queue
 import signal
@@ -10,12 +11,14 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, ProxyConfig, default_node_name, parse_cidr_list
 from .configfile import FileSettings, load_config_file, parse_bind_address, parse_duration
-from .lb.agent import LBSettings
 from .logs import setup_logging
+
+if TYPE_CHECKING:  # lb.agent imports the kubernetes client: ~0.4 s that --once from manifests need not pay
+    from .lb.agent import LBSettings
 
 log = logging.getLogger("nftproxy")
 
@@ -98,7 +101,7 @@ class RunSettings:
     healthz_bind: tuple[str, int] | None
     kubeconfig: str | None
     log_format: str
-    lb: LBSettings
+    lb: LBSettings | None  # None with --once / --dry-run: one sync from manifests, no LoadBalancer half
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
@@ -130,11 +133,13 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             args.healthz_bind_address, file.healthz_bind_address, DEFAULTS["healthz_bind_address"])),
         kubeconfig=args.kubeconfig or file.kubeconfig,
         log_format=str(choose(args.log_format, file.log_format, "plain")),
-        lb=lb_settings(args, file),
+        lb=None if args.once or args.dry_run else lb_settings(args, file),
     )
 
 
 def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
+    from .lb.agent import LBSettings
+
     key = None
     if getattr(args, "lb_heartbeat_key_file", None):
         try:
@@ -220,7 +225,14 @@ def cmd_cleanup_kube_proxy() -> int:
 
 
 def cmd_once(args: argparse.Namespace, settings: RunSettings) -> int:
-    """--once / --dry-run from manifests: one full sync, exit code says whether the kernel took it."""
+    """--once / --dry-run from manifests: one full sync, exit code says whether the kernel took it.
+
+    A cold start is what the user waits for, so: the cycle collector stays off (a one-shot process
+    builds no garbage cycles worth finding, and passes over a million young objects cost as much as
+    reading them), and Services and slices are parsed while the rebuild streams (`Proxier.defer`), each
+    read object dropped once parsed.
+    """
+    gc.disable()
     from .agent.manifest_source import ManifestSource
     from .agent.proxier import Proxier
     from .kernel import KernelError
@@ -229,13 +241,13 @@ def cmd_once(args: argparse.Namespace, settings: RunSettings) -> int:
     from .objects.manifests import ManifestError
 
     try:
-        changes = ManifestSource(args.manifests).poll(strict=True)
+        objects = ManifestSource(args.manifests).poll(strict=True).upserts
     except ManifestError as err:
         log.error("%s", err)
         return 1
     proxier = Proxier(settings.proxy, FakeKernel() if args.dry_run else NftablesKernel())
-    for obj in changes.upserts:
-        proxier.upsert(obj)
+    proxier.defer(objects)
+    del objects
     if args.dry_run:
         sys.stdout.write(proxier.compute().transaction.render())
         return 0

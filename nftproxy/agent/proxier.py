@@ -27,18 +27,34 @@ from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owne
 from ..diff.rebuild import Rebuilt, rebuild, rebuild_script
 from ..kernel import Kernel, KernelError, StreamingKernel
 from ..objects.model import EndpointSlice, Node, ObjectRef, Service
-from ..objects.parse import InvalidObject, object_ref, parse_endpoint_slice, parse_node, parse_service
+from ..objects.parse import (
+    SERVICE_NAME_LABEL,
+    InvalidObject,
+    object_ref,
+    parse_endpoint_slice,
+    parse_node,
+    parse_service,
+)
 from ..transaction.block import TableBlock, table_block
 from ..transaction.transaction import Transaction
 
 log = logging.getLogger("nftproxy.proxier")
 
 ServiceInputs = tuple[Service, tuple[EndpointSlice, ...]]
+DeferredKey = tuple[str, ObjectRef]  # ("Service" or "EndpointSlice", namespace/name)
 
 
 @cache
 def _skeleton_block() -> TableBlock:
     return table_block(skeleton_text(), FAMILY, TABLE)
+
+
+def _service_of_slice(ref: ObjectRef, obj: Mapping[str, Any]) -> ObjectRef | None:
+    """The Service a slice names, read as parse_endpoint_slice reads it (None: it will not parse as one)."""
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    name = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    return ObjectRef(ref.namespace, str(name)) if name else None
 
 
 def _return_free_memory() -> None:
@@ -98,11 +114,14 @@ class Proxier:
         self.dirty: set[ObjectRef] = set()
         self.needs_rebuild = True
         self._reported_conflicts: set[tuple[str, str, str]] = set()
+        self._deferred: dict[DeferredKey, Mapping[str, Any]] = {}  # read, to be parsed by the next rebuild
 
     # --- object updates: parse, store, mark dirty ------------------------------------------------
     def upsert(self, obj: Mapping[str, Any]) -> None:
         """Any object by its kind; kinds the proxy does not use are ignored."""
         kind = obj.get("kind")
+        if self._deferred:
+            self._deferred.pop((str(kind), object_ref(obj)), None)  # this newer version wins
         if kind == "Service":
             self.upsert_service(obj)
         elif kind == "EndpointSlice":
@@ -110,8 +129,32 @@ class Proxier:
         elif kind == "Node":
             self.upsert_node(obj)
 
+    def defer(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Upsert these, parsing Services and EndpointSlices only when the next rebuild reaches them.
+
+        A cold start then parses while nft parses the stream it is sent, instead of before it.
+        Until then the stores do not show them; a sync that is not a rebuild parses them first.
+        """
+        for obj in objects:
+            kind = obj.get("kind")
+            if kind in ("Service", "EndpointSlice"):
+                self._deferred[(kind, object_ref(obj))] = obj
+            else:
+                self.upsert(obj)
+
+    def _parse_deferred(self, keys: Iterable[DeferredKey] | None = None) -> None:
+        for key in list(self._deferred) if keys is None else keys:
+            obj = self._deferred.pop(key, None)
+            if obj is None:
+                continue
+            if key[0] == "Service":
+                self.upsert_service(obj)
+            else:
+                self.upsert_slice(obj)
+
     def delete(self, kind: str, namespace: str, name: str) -> None:
         ref = ObjectRef(namespace, name)
+        self._deferred.pop((kind, ref), None)
         if kind == "Service":
             self.delete_service(ref)
         elif kind == "EndpointSlice":
@@ -210,7 +253,7 @@ class Proxier:
         return service_owner(svc.creation, svc.ref.namespace, svc.ref.name)
 
     def pending(self) -> bool:
-        return self.needs_rebuild or bool(self.dirty)
+        return self.needs_rebuild or bool(self.dirty) or bool(self._deferred)
 
     def compute(self, stream: bool = False) -> PendingSync:
         """Pure with respect to the kernel: what the next sync would send, and what it then commits.
@@ -219,6 +262,7 @@ class Proxier:
         """
         if self.needs_rebuild:
             return self._compute_rebuild(stream)
+        self._parse_deferred()
         refs = set(self.dirty)
         new_inputs = {ref: self._inputs(ref) for ref in refs}
         changes: list[Change] = []
@@ -239,16 +283,33 @@ class Proxier:
         return PendingSync(Transaction.from_plan(the_plan), new_inputs, False, plan=the_plan)
 
     def _compute_rebuild(self, stream: bool) -> PendingSync:
-        refs = set(self.services) | set(self.committed_inputs)
-        new_inputs = {ref: self._inputs(ref) for ref in refs}
-        present = sorted((self._owner(inputs), inputs) for inputs in new_inputs.values() if inputs is not None)
+        """Deferred objects are parsed as their Service's turn comes, so `new_inputs` is complete only
+        once the rebuild has been consumed."""
+        # a deferred slice that replaces a parsed one may move it to another Service: parse it now
+        self._parse_deferred([key for key in self._deferred if key[0] == "EndpointSlice" and key[1] in self.slices])
+        deferred_slices: dict[ObjectRef, list[DeferredKey]] = {}
+        owners = {ref: service_owner(svc.creation, ref.namespace, ref.name) for ref, svc in self.services.items()}
+        for key, obj in self._deferred.items():
+            if key[0] == "Service":
+                meta = obj.get("metadata")
+                creation = str(meta.get("creationTimestamp") or "") if isinstance(meta, dict) else ""
+                owners[key[1]] = service_owner(creation, key[1].namespace, key[1].name)  # as parse_service has it
+            else:
+                deferred_slices.setdefault(_service_of_slice(key[1], obj), []).append(key)
+        new_inputs: dict[ObjectRef, ServiceInputs | None] = dict.fromkeys(set(owners) | set(self.committed_inputs))
+        order = sorted((owner, ref) for ref, owner in owners.items())
 
         def owned() -> Iterator[tuple[str, Iterable[Element], Iterable[Chain]]]:
             config = config_fragment(self.config)
             yield CONFIG_OWNER, config.elements, config.chains
             zone = self.node.zone if self.node else None
-            for owner, (svc, slices) in present:
-                yield (owner, *service_elements(svc, slices, self.config, zone))
+            for owner, ref in order:
+                if self._deferred:
+                    self._parse_deferred([("Service", ref), *deferred_slices.get(ref, ())])
+                inputs = new_inputs[ref] = self._inputs(ref)
+                if inputs is not None:
+                    yield (owner, *service_elements(inputs[0], inputs[1], self.config, zone))
+            self._parse_deferred()  # slices of no Service (yet)
 
         if stream:
             out = Rebuilt()
