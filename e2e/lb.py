@@ -179,6 +179,26 @@ class LBWorld:
                 return result
             time.sleep(0.1)
 
+    def metric(self, node_name: str, name: str) -> float:
+        """Sum of a metric's samples on a node (its agent serves /metrics on 127.0.0.1 in the node's namespace)."""
+        code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:10249/metrics', timeout=5).read().decode())"
+        text = self.cluster.exec(self.cluster.node(node_name), [sys.executable, "-c", code]).stdout
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and not line.startswith("#"))
+
+    def block_heartbeats(self, a: Node, b: Node, blocked: bool = True) -> None:
+        """Drop the heartbeats between two nodes (both ways), as a partition of the node network that ARP
+        still crosses would; in a table of its own in each node's namespace."""
+        for here, there in ((a, b), (b, a)):
+            if blocked:
+                script = (f"table inet nfp_partition {{ chain heartbeats {{ type filter hook input priority -300; "
+                          f"ip saddr {there.ip} udp dport 7473 drop; }}; }}")
+                subprocess.run(["ip", "netns", "exec", here.netns, "nft", "-f", "-"], input=script, text=True,
+                               check=True)
+            else:
+                subprocess.run(["ip", "netns", "exec", here.netns, "nft", "delete", "table", "inet",
+                                "nfp_partition"], check=False)
+
     def agent(self, node_name: str) -> NodeAgent:
         return next(a for a in self.agents if a.node.name == node_name)
 
@@ -194,11 +214,11 @@ def node_object(node: Node, labels: dict[str, str] | None = None) -> dict[str, A
 
 def agent_args() -> list[str]:
     return ["--lb-lease-namespace", "default", "--lb-lease-duration", "4", "--healthz-bind-address", "",
-            "--metrics-bind-address", ""]
+            "--metrics-bind-address", "127.0.0.1:10249"]  # each in its node's namespace
 
 
 @contextmanager
-def lb_world(nodes: int = 3) -> Iterator[LBWorld]:
+def lb_world(nodes: int = 3, extra_args: tuple[str, ...] = ()) -> Iterator[LBWorld]:
     require_root_and_netns()
     cleanup_stale()
     cluster = NamespaceCluster(nodes=nodes, dual_stack=True)
@@ -216,7 +236,7 @@ def lb_world(nodes: int = 3) -> Iterator[LBWorld]:
         for node in cluster.nodes:
             core.create_node(node_object(node))
         source = ["--kubeconfig", api.kubeconfig_for_nodes]
-        agents = [NodeAgent(cluster, node, source, *agent_args()) for node in cluster.nodes]
+        agents = [NodeAgent(cluster, node, source, *agent_args(), *extra_args) for node in cluster.nodes]
         for agent in agents:
             agent.start(wait=False)
         for agent in agents:
@@ -240,3 +260,68 @@ def kill(agent: NodeAgent) -> None:
 
 def set_link(world: LBWorld, node: Node, up: bool) -> None:
     subprocess.run(["ip", "-n", node.netns, "link", "set", node.lan_ifname, "up" if up else "down"], check=True)
+
+
+# Starts a TCP connection every `gap` seconds, each on its own thread with `timeout`, so a lost attempt
+# never delays the next one; prints "<monotonic start> <ok>" per attempt.
+_PROBER = r"""
+import socket, sys, threading, time
+ip, port, gap, timeout, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+lock = threading.Lock()
+def attempt(started):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((ip, port))
+        s.sendall(b"hello\n")
+        ok = bool(s.recv(100))
+    except OSError:
+        ok = False
+    finally:
+        s.close()
+    with lock:
+        print(f"{started:.6f} {int(ok)}", flush=True)
+end = time.monotonic() + duration
+next_at = time.monotonic()
+while next_at < end:
+    threading.Thread(target=attempt, args=(next_at,), daemon=True).start()
+    next_at += gap
+    time.sleep(max(0.0, next_at - time.monotonic()))
+time.sleep(timeout + 0.1)
+"""
+
+
+class Prober:
+    """New TCP connections from the client to `ip:port`, one every `gap` seconds, timestamped on the
+    system-wide monotonic clock (the same one this process reads)."""
+
+    def __init__(self, world: LBWorld, ip: str, port: int = 80, gap: float = 0.02, timeout: float = 0.2,
+                 duration: float = 60.0) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", world.outside.netns, sys.executable, "-c", _PROBER, ip, str(port), str(gap),
+             str(timeout), str(duration)], stdout=subprocess.PIPE, text=True)
+        self.results: list[tuple[float, bool]] = []
+
+    def stop(self) -> list[tuple[float, bool]]:
+        if self.process.poll() is None:
+            self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        for line in out.splitlines():
+            stamp, ok = line.split()
+            self.results.append((float(stamp), ok == "1"))
+        self.results.sort()
+        return self.results
+
+    def last_failure_after(self, moment: float) -> float | None:
+        return max((t for t, ok in self.results if t >= moment and not ok), default=None)
+
+    def recovered_after(self, moment: float) -> float | None:
+        """When a connection first succeeded again after the outage that began at `moment` (`moment`
+        itself when nothing failed). Later failures are not the address's: connections balanced to an
+        endpoint on the dead node fail until Kubernetes marks it not ready."""
+        since = [(t, ok) for t, ok in self.results if t >= moment]
+        first_failure = next((t for t, ok in since if not ok), None)
+        if first_failure is None:
+            return moment
+        return next((t for t, ok in since if ok and t > first_failure), None)

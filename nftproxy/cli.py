@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds of silence before a node counts as dead and its addresses move")
     lb.add_argument("--lb-heartbeat-key-file", default=None,
                     help="file with a shared secret: heartbeats are then signed (HMAC-SHA256) and checked")
+    lb.add_argument("--lb-avoid-dead-node-endpoints", action="store_true",
+                    help="beyond kube-proxy: when heartbeats say a node died, send no new connections to its "
+                         "endpoints from this node until it returns (Kubernetes takes ~50 s to mark them)")
     lb.add_argument("--lb-handover", type=float, default=1.0,
                     help="on SIGTERM, seconds to keep answering after peers were told (successor announces first)")
 
@@ -171,6 +174,7 @@ def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
         heartbeat_dead_after=args.lb_heartbeat_timeout,
         heartbeat_key=key,
         handover_seconds=max(0.0, args.lb_handover),
+        avoid_dead_node_endpoints=bool(getattr(args, "lb_avoid_dead_node_endpoints", False)),
     )
 
 
@@ -299,13 +303,15 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
         node = settings.proxy.node_name
         recorder = EventRecorder(core, node)
         feed: Any = updates
+        slice_feed: Any = updates
         if settings.lb.enabled:
             lb_agent = build_lb_agent(settings, core, recorder, metrics, lambda: loop.sync_count > 0 and
-                                      loop.failures == 0)
+                                      loop.failures == 0, updates)
             feed = Tee(updates, lb_agent.queue)
+            slice_feed = lb_agent.slice_feed(updates)
         starters = [
             ResourceWatcher("Service", core.list_service_for_all_namespaces, feed, stop),
-            ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, feed, stop),
+            ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, slice_feed, stop),
             ResourceWatcher("Node", core.list_node, updates, stop, field_selector=f"metadata.name={node}"),
         ]
         sources = ["Service", "EndpointSlice", "Node"]
@@ -370,7 +376,7 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
 
 
 def build_lb_agent(settings: RunSettings, core: Any, recorder: Any, metrics: Any,
-                   proxy_ready: Callable[[], bool]) -> Any:
+                   proxy_ready: Callable[[], bool], proxy_updates: Any) -> Any:
     """The LoadBalancer half: allocator (leader only), heartbeats, carrier watch, ARP/NDP responder."""
     from .lb.agent import LoadBalancerAgent
     from .lb.links import CarrierWatch, interface_of_address
@@ -397,6 +403,7 @@ def build_lb_agent(settings: RunSettings, core: Any, recorder: Any, metrics: Any
         events=recorder,
         metrics=metrics,
         node_of_mac=node_of_mac,
+        proxy_updates=proxy_updates,
     )
 
 

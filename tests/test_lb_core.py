@@ -285,3 +285,29 @@ def test_decide_respects_advertisements_nodes_and_local_endpoints() -> None:
     assert decide(local, pools, [everywhere], nodes, live).node == "node-2"
     assert decide(local, pools, [everywhere], nodes, live - {"node-2"}).reason == \
         "no live node with a ready local endpoint"
+
+
+# --- dead-node endpoints (--lb-avoid-dead-node-endpoints) ----------------------------------------------
+def test_dead_node_endpoints_are_marked_not_ready_and_restored() -> None:
+    from nftproxy.agent.updates import Delete, Upsert
+    from nftproxy.lb.deadnodes import DeadNodeFilter
+
+    slice_ = {"kind": "EndpointSlice", "metadata": {"name": "web-x", "namespace": "default"},
+              "endpoints": [{"addresses": ["10.0.1.2"], "conditions": {"ready": True}, "nodeName": "node-1"},
+                            {"addresses": ["10.0.2.2"], "conditions": {"ready": True}, "nodeName": "node-2"}]}
+    other = {"kind": "EndpointSlice", "metadata": {"name": "db-x", "namespace": "default"},
+             "endpoints": [{"addresses": ["10.0.2.3"], "nodeName": "node-2"}]}
+    f = DeadNodeFilter()
+    assert f.update(Upsert(slice_)) == [Upsert(slice_)]
+    f.update(Upsert(other))
+    resent = f.set_dead(frozenset({"node-1"}))
+    assert len(resent) == 1, "only the slice with an endpoint on the dead node is sent again"
+    conditions = [e["conditions"] for e in resent[0].obj["endpoints"]]  # type: ignore[index]
+    assert conditions == [{"ready": False, "serving": False}, {"ready": True}]
+    assert slice_["endpoints"][0]["conditions"] == {"ready": True}, "the API's object is left as it was"
+    # an update while node-1 is dead is filtered on the way through
+    assert f.update(Upsert(slice_))[0].obj["endpoints"][0]["conditions"]["ready"] is False  # type: ignore[index]
+    back = f.set_dead(frozenset())
+    assert back == [Upsert(slice_)]
+    f.update(Delete("EndpointSlice", "default", "web-x"))
+    assert f.set_dead(frozenset({"node-1"})) == []

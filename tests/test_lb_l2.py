@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.lb import LBWorld, lb_world
+from e2e.lb import LBWorld, Prober, lb_world
+from e2e.lb_failover import report, run
+from nftproxy.lb.announce import order_key
 
 pytestmark = pytest.mark.kernel
 
@@ -24,6 +26,7 @@ SEED = "198.18.0.200"
 def world() -> Iterator[LBWorld]:
     with lb_world() as w:
         w.pool("seed", f"{SEED}/32")
+        w.pool("lan", "198.18.0.210-198.18.0.219", "2001:db8::210-2001:db8::21f", autoAssign=False)
         w.l2("l2")
         yield w
 
@@ -64,7 +67,6 @@ def test_requested_address_outside_every_pool_is_refused(world: LBWorld) -> None
 
 
 def test_tcp_and_udp_services_share_one_address(world: LBWorld) -> None:
-    world.pool("lan", "198.18.0.210-198.18.0.219", "2001:db8::210-2001:db8::21f", autoAssign=False)
     shared = {"metallb.io/address-pool": "lan", "metallb.io/allow-shared-ip": "dns"}
     world.service("dns-tcp", world.pods, ports=[("TCP", 53)], annotations=shared)
     world.service("dns-udp", world.pods, ports=[("UDP", 53)], annotations=shared)
@@ -97,3 +99,85 @@ def test_etp_local_is_announced_by_the_node_with_the_endpoint_and_keeps_the_clie
     assert result.client == world.outside.ip, "eTP Local keeps the client's address"
     assert world.who_answers(ip) == [pod.node.name]
     world.delete_service("local")
+
+
+def test_failover_when_the_announcer_dies(world: LBWorld) -> None:
+    """A few trials of what `python -m e2e.lb_failover` measures (BENCHMARKS.md has 20)."""
+    results = run(world, trials=3)
+    print(report(results))
+    for victim, successor, seconds, _last in results:
+        assert successor != victim
+        assert seconds < 5.0, f"{victim} died and traffic took {seconds:.2f} s to flow again"
+
+
+def test_sigterm_hand_over_loses_no_connection(world: LBWorld) -> None:
+    world.service("planned", world.pods, annotations={"metallb.io/address-pool": "lan"})
+    ip = world.wait_ingress("planned")[0]
+    assert world.eventually_served(ip).ok
+    leaving = world.who_answers(ip)[0]
+    prober = Prober(world, ip, gap=0.02, timeout=1.0, duration=6.0)
+    time.sleep(1.0)
+    world.agent(leaving).stop()  # SIGTERM, as a rollout does
+    prober.process.wait(15)
+    results = prober.stop()
+    failed = [round(t, 3) for t, ok in results if not ok]
+    assert len(results) > 200 and not failed, f"{len(failed)} of {len(results)} connections failed: {failed[:10]}"
+    successor = world.who_answers(ip)
+    assert successor and successor[0] != leaving
+    world.agent(leaving).start(wait=True, timeout=30)
+    world.delete_service("planned")
+
+
+def test_every_agent_restarted_moves_no_address(world: LBWorld) -> None:
+    for name in ("keep-1", "keep-2", "keep-3"):
+        world.service(name, world.pods, annotations={"metallb.io/address-pool": "lan"})
+    before = {name: world.wait_ingress(name) for name in ("keep-1", "keep-2", "keep-3")}
+    assert all(len(ips) == 1 for ips in before.values()), before
+    for agent in world.agents:
+        agent.stop()
+    # while no allocator runs, a new Service arrives: it must not take an address in use on restart
+    world.service("late", world.pods, annotations={"metallb.io/address-pool": "lan"})
+    for agent in world.agents:
+        agent.start(wait=False)
+    for agent in world.agents:
+        agent.wait_synced(0, timeout=30)
+    late = world.wait_ingress("late", timeout=20)
+    after = {name: world.ingress(name) for name in before}
+    assert after == before, "a restart never moves an address in use"
+    assert len(late) == 1 and late[0] not in {ips[0] for ips in before.values()}
+    for name in ("keep-1", "late"):
+        assert world.eventually_served(world.ingress(name)[0]).ok
+    for name in ("keep-1", "keep-2", "keep-3", "late"):
+        world.delete_service(name)
+
+
+def test_split_brain_settles_on_the_deterministic_winner(world: LBWorld) -> None:
+    world.service("split", world.pods, annotations={"metallb.io/address-pool": "lan"})
+    ip = world.wait_ingress("split")[0]
+    assert world.eventually_served(ip).ok
+    order = sorted(world.cluster.nodes, key=lambda n: order_key(n.name, ip))
+    winner, runner_up = order[0], order[1]
+    assert world.who_answers(ip) == [winner.name]
+    before = world.metric(winner.name, "nftproxy_lb_announcement_conflicts") + \
+        world.metric(runner_up.name, "nftproxy_lb_announcement_conflicts")
+    try:
+        world.block_heartbeats(winner, runner_up)  # each now counts the other dead: both announce
+        deadline = time.monotonic() + 5
+        while world.metric(runner_up.name, "nftproxy_lb_announced") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        split_at = time.monotonic()
+        # the runner-up announced (gratuitous ARP): the winner sees it and both settle within 1 s
+        while world.who_answers(ip, wait=0.2) != [winner.name] and time.monotonic() < split_at + 5:
+            pass
+        settled = time.monotonic() - split_at
+        print(f"split brain settled in {settled * 1000:.0f} ms")
+        assert world.who_answers(ip) == [winner.name]
+        assert settled < 2.0
+        after = world.metric(winner.name, "nftproxy_lb_announcement_conflicts") + \
+            world.metric(runner_up.name, "nftproxy_lb_announcement_conflicts")
+        assert after > before, "the conflict is counted"
+        assert world.wait_event("split", "AnnouncementConflict"), "and reported as an Event"
+        assert world.eventually_served(ip).ok
+    finally:
+        world.block_heartbeats(winner, runner_up, blocked=False)
+    world.delete_service("split")

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from ..objects.model import ObjectRef
 from ..agent.updates import Delete, SourceState, Update, Upsert
 from .controller import AllocatorController, StatusWriter, WriteDone
+from .deadnodes import DeadNodeFilter
 from .speaker import Speaker
 from .view import ClusterView
 
@@ -45,6 +46,7 @@ class LBSettings:
     heartbeat_dead_after: float = 0.5
     heartbeat_key: bytes | None = None
     handover_seconds: float = 1.0  # SIGTERM: keep answering this long after telling peers we leave
+    avoid_dead_node_endpoints: bool = False  # beyond kube-proxy: see lb/deadnodes.py
 
 
 # --- messages the loop handles besides watcher updates ----------------------------------------------
@@ -78,6 +80,24 @@ class Retry:
 
 class Wake:
     """Something outside changed (membership): look again."""
+
+
+@dataclass(frozen=True, slots=True)
+class FromSlices:
+    """An EndpointSlice watcher's update that the LB loop relays (filtered) to the proxier."""
+
+    item: Any
+
+
+class SliceRelay:
+    """The EndpointSlice watcher's queue when dead-node endpoints are avoided: everything goes through
+    the LB loop, which passes it on to the proxier with the dead nodes' endpoints marked not ready."""
+
+    def __init__(self, lb_queue: queue.Queue[Any]) -> None:
+        self.lb_queue = lb_queue
+
+    def put(self, item: Any) -> None:
+        self.lb_queue.put(FromSlices(item))
 
 
 class Tee:
@@ -144,6 +164,7 @@ class LoadBalancerAgent:
         events: Any = None,
         metrics: Any = None,
         node_of_mac: Callable[[str, Mapping[str, str]], str | None] | None = None,
+        proxy_updates: queue.Queue[Any] | None = None,
     ) -> None:
         self.settings = settings
         self.me = node_name
@@ -172,6 +193,14 @@ class LoadBalancerAgent:
         self._watched_interface: str | None = None
         self._peers: dict[str, str] = {}
         self._announced_labels: set[tuple[str, str]] = set()
+        self.proxy_updates = proxy_updates
+        self.dead_filter = DeadNodeFilter() if settings.avoid_dead_node_endpoints else None
+
+    def slice_feed(self, proxy_updates: queue.Queue[Any]) -> Any:
+        """Where the EndpointSlice watcher should put its updates."""
+        if self.dead_filter is None:
+            return Tee(proxy_updates, self.queue)
+        return SliceRelay(self.queue)
 
     # --- wiring ---------------------------------------------------------------------------------
     def watchers(self, stop: threading.Event) -> list[Any]:
@@ -250,6 +279,11 @@ class LoadBalancerAgent:
                 log.exception("LoadBalancer loop: unexpected error (continuing)")
 
     def _handle(self, item: Any) -> None:
+        if isinstance(item, FromSlices):
+            assert self.dead_filter is not None and self.proxy_updates is not None
+            for out in self.dead_filter.update(item.item):
+                self.proxy_updates.put(out)
+            item = item.item
         if isinstance(item, Upsert):
             self.view.upsert(item.obj)
         elif isinstance(item, Delete):
@@ -271,9 +305,14 @@ class LoadBalancerAgent:
             for ref, addresses in item.addresses:
                 self.speaker.set_committed(ref, addresses)
         elif isinstance(item, Conflict):
+            if self.leaving.is_set():
+                return  # our successor announcing during the hand-over: expected
             other = self.node_of_mac(item.mac, self._peers) if self.node_of_mac else None
-            self.speaker.conflict(item.interface, item.address, item.mac, other)
-            if self.metrics is not None:
+            peer = self.membership.peers().get(other) if other else None
+            before = self.speaker.stats.conflicts
+            self.speaker.conflict(item.interface, item.address, item.mac, other,
+                                  other_leaving=bool(peer and peer.leaving))
+            if self.metrics is not None and self.speaker.stats.conflicts > before:
                 self.metrics.lb_conflicts.inc()
         elif isinstance(item, WriteDone):
             if self.controller.write_done(item):
@@ -307,6 +346,14 @@ class LoadBalancerAgent:
         if not self.leaving.is_set():
             self.speaker.set_live(self.membership.eligible(), self.membership.settled())
             self.speaker.update()
+        if self.dead_filter is not None and self.proxy_updates is not None:
+            dead = frozenset(name for name, peer in self.membership.peers().items()
+                             if not peer.alive and peer.last_heard is not None)
+            if dead != self.dead_filter.dead:
+                log.warning("nodes dead by their heartbeats: %s: %s", ", ".join(sorted(dead)) or "none",
+                            "new connections avoid their endpoints" if dead else "their endpoints are used again")
+            for out in self.dead_filter.set_dead(dead):
+                self.proxy_updates.put(out)
         self.view.changes.clear()
         if self.metrics is not None:
             self.metrics.lb_leader.set(1 if self.controller.leading else 0)

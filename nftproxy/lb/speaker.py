@@ -97,8 +97,17 @@ class Speaker:
         if before != (not carrier):
             self._dirty_all = True
 
-    def conflict(self, interface: str, address: str, mac: str, other_node: str | None) -> None:
-        """Someone else answered for `address`, which we announce: settle it towards the winner."""
+    def conflict(self, interface: str, address: str, mac: str, other_node: str | None,
+                 other_leaving: bool = False) -> None:
+        """Someone else answered for `address`, which we announce: settle it towards the winner.
+
+        A node that told us it is leaving (SIGTERM) still answers during its hand-over: that is no split
+        brain, we simply announce again. Otherwise the deterministic choice between the two decides,
+        whatever either side's membership says (heartbeats lost while ARP gets through is a partition)."""
+        if other_node and other_leaving:
+            log.info("node %s still answers for %s during its hand-over: announcing again", other_node, address)
+            self._reannounce(address)
+            return
         self.stats.conflicts += 1
         ref = next((r for r, d in self.decisions.items() if address in d.addresses and d.node == self.me), None)
         first = self.decisions[ref].addresses[0] if ref is not None else address
