@@ -50,7 +50,7 @@ def object_id(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     return obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"]
 
 
-_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components"}
+_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "patches"}
 
 
 def kustomize(directory: Path, *, kind: str = "Kustomization") -> list[dict[str, Any]]:
@@ -79,10 +79,29 @@ def kustomize(directory: Path, *, kind: str = "Kustomization") -> list[dict[str,
         path = (directory / entry).resolve()
         assert path.is_dir(), f"{where}: component {entry} is not a directory"
         objects += kustomize(path, kind="Component")
+    for patch in spec.get("patches") or []:
+        _apply_patch(objects, patch, str(where))
     ids = [object_id(obj) for obj in objects]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"{where}: defined more than once: {sorted(duplicates)}"
     return objects
+
+
+def _apply_patch(objects: list[dict[str, Any]], patch: dict[str, Any], where: str) -> None:
+    """kustomize's inline JSON6902 patch, for the one operation deploy/ uses: `add` (`-` appends)."""
+    target = patch["target"]
+    matches = [o for o in objects if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]]
+    assert len(matches) == 1, f"{where}: patch target {target} matches {len(matches)} objects"
+    for op in yaml.safe_load(patch["patch"]):
+        assert op["op"] == "add", f"{where}: only 'add' patches are understood by this test's resolver"
+        *parents, last = op["path"].strip("/").split("/")
+        node: Any = matches[0]
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), op["value"])
+        else:
+            node[last] = op["value"]
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))
@@ -140,6 +159,16 @@ def test_builds_resolve_and_differ_only_by_the_loadbalancer_component() -> None:
         ("ClusterRole", "nftproxy-loadbalancer"), ("ClusterRoleBinding", "nftproxy-loadbalancer"),
         ("Role", "nftproxy-loadbalancer"), ("RoleBinding", "nftproxy-loadbalancer"),
         *(("CustomResourceDefinition", f"{plural}.metallb.io") for plural in METALLB_RESOURCES)}
+
+
+def test_the_agent_without_the_loadbalancer_component_leaves_loadbalancers_alone() -> None:
+    """Without the component's RBAC and CRDs the agent must not try to allocate or announce."""
+    def args(objects: list[dict[str, Any]]) -> list[str]:
+        (ds,) = [o for o in objects if o["kind"] == "DaemonSet"]
+        return ds["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--no-load-balancer" in args(kustomize(BUILDS["no-loadbalancer"]))
+    assert "--no-load-balancer" not in args(kustomize(DEPLOY))
 
 
 def test_no_manifest_is_left_out_of_the_full_build() -> None:

@@ -8,6 +8,7 @@ announcement, and the MAC the client learned names the node that made it.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -181,3 +182,70 @@ def test_split_brain_settles_on_the_deterministic_winner(world: LBWorld) -> None
     finally:
         world.block_heartbeats(winner, runner_up, blocked=False)
     world.delete_service("split")
+
+
+def test_type_change_frees_the_address_for_a_pending_service(world: LBWorld) -> None:
+    world.service("holder", world.pods)
+    assert world.wait_ingress("holder") == [SEED]
+    world.service("waiter", world.pods)
+    assert world.wait_event("waiter", "AllocationFailed")
+    world.core.patch_namespaced_service("holder", "default", {"spec": {"type": "ClusterIP"}})
+    assert world.wait_ingress("waiter") == [SEED]
+    deadline = time.monotonic() + 10
+    while world.ingress("holder") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert world.ingress("holder") == [], "the status of a Service that is no longer a LoadBalancer is cleared"
+    world.delete_service("holder")
+    world.delete_service("waiter")
+
+
+def test_dual_stack_service_gets_one_address_per_family(world: LBWorld) -> None:
+    world.service("dual", world.pods, families=["IPv4", "IPv6"], annotations={"metallb.io/address-pool": "lan"})
+    ips = world.wait_ingress("dual", count=2)
+    assert [":" in ip for ip in ips] == [False, True], ips
+    for ip in ips:
+        assert world.eventually_served(ip).ok, ip
+    svc = world.core.read_namespaced_service("dual", "default")
+    assert svc.metadata.annotations.get("metallb.io/ip-allocated-from-pool") == "lan"
+    assert {i.ip_mode for i in svc.status.load_balancer.ingress} == {"VIP"}
+    world.delete_service("dual")
+
+
+def test_lost_carrier_withdraws_within_a_second_and_another_node_takes_over(world: LBWorld) -> None:
+    world.service("carrier", world.pods, annotations={"metallb.io/address-pool": "lan"})
+    ip = world.wait_ingress("carrier")[0]
+    assert world.eventually_served(ip).ok
+    node = world.cluster.node(world.who_answers(ip)[0])
+    lan_port = f"n{node.index}"  # the bridge's end of the node's LAN veth
+    try:
+        subprocess.run(["ip", "-n", world.cluster.lan_netns, "link", "set", lan_port, "down"], check=True)
+        cut = time.monotonic()
+        while world.metric(node.name, "nftproxy_lb_announced") and time.monotonic() < cut + 5:
+            time.sleep(0.05)
+        withdrawn = time.monotonic() - cut
+        print(f"withdrawn {withdrawn * 1000:.0f} ms after the carrier went")
+        assert withdrawn < 1.5  # < 1 s plus one metrics scrape through `ip netns exec`
+        result = world.eventually_served(ip)
+        assert result.ok and world.learned(ip) != node.name
+    finally:
+        subprocess.run(["ip", "-n", world.cluster.lan_netns, "link", "set", lan_port, "up"], check=True)
+    world.delete_service("carrier")
+
+
+def test_a_broken_pool_is_reported_and_costs_the_others_nothing(world: LBWorld) -> None:
+    world.pool("broken", "198.18.0.240-198.18.0.230")  # ends before it starts
+    world.custom.create_namespaced_custom_object("metallb.io", "v1beta2", "metallb-system", "bgppeers", {
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer", "metadata": {"name": "router"},
+        "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.0.1"}})
+    deadline = time.monotonic() + 10
+    reasons: dict[str, str] = {}
+    while len(reasons) < 2 and time.monotonic() < deadline:
+        for e in world.core.list_namespaced_event("metallb-system").items:
+            reasons[e.involved_object.name] = f"{e.reason}: {e.message}"
+        time.sleep(0.2)
+    assert "ends before it starts" in reasons.get("broken", ""), reasons
+    assert reasons.get("router", "").startswith("Unsupported"), reasons
+    world.service("still-fine", world.pods, annotations={"metallb.io/address-pool": "lan"})
+    assert world.eventually_served(world.wait_ingress("still-fine")[0]).ok
+    world.delete_pool("broken")
+    world.delete_service("still-fine")

@@ -30,7 +30,11 @@ log = logging.getLogger("nftproxy.lb")
 
 LB_GROUP = "metallb.io"
 CUSTOM_RESOURCES = (("IPAddressPool", "v1beta1", "ipaddresspools"),
-                    ("L2Advertisement", "v1beta1", "l2advertisements"))
+                    ("L2Advertisement", "v1beta1", "l2advertisements"),
+                    # BGP mode is not supported yet: watched only to say so, once per object
+                    ("BGPAdvertisement", "v1beta1", "bgpadvertisements"),
+                    ("BGPPeer", "v1beta2", "bgppeers"))
+API_VERSIONS = {kind: f"{LB_GROUP}/{version}" for kind, version, _ in CUSTOM_RESOURCES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +175,8 @@ class LoadBalancerAgent:
         self.core_api = core_api
         self.api_client = api_client
         self.queue: queue.Queue[Any] = queue.Queue()
-        self.view = ClusterView(settings.load_balancer_class)
+        self.events = events
+        self.view = ClusterView(settings.load_balancer_class, on_invalid=self._invalid)
         self.responder = responder_factory(lambda i, ip, mac: self.queue.put(Conflict(i, ip, mac)))
         self.membership = membership_factory(lambda _eligible: self.queue.put(Wake()))
         self.proxy_ready = proxy_ready
@@ -358,6 +363,13 @@ class LoadBalancerAgent:
         if self.metrics is not None:
             self.metrics.lb_leader.set(1 if self.controller.leading else 0)
             self.metrics.lb_peers.set(len(self.speaker.live))
+
+    def _invalid(self, err: Any) -> None:
+        """A MetalLB object refused or only partly used: an Event on it (the view logged it, once)."""
+        if self.events is not None and err.kind in API_VERSIONS:
+            reason = "Unsupported" if "not supported" in err.message else f"Invalid{err.kind}"
+            self.events.record(err.kind, err.ref, reason, f"nftproxy: {err.field}: {err.message}",
+                               api_version=API_VERSIONS[err.kind])
 
     # --- metrics --------------------------------------------------------------------------------
     def _pool_usage(self, usage: dict[str, tuple[int, int]]) -> None:

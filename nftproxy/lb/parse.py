@@ -180,7 +180,7 @@ def unsupported_fields(kind: str, obj: Mapping[str, Any]) -> list[str]:
         return []
     known = KNOWN_SPEC_FIELDS.get(kind)
     if known is None:
-        return [f"{kind} (the whole object: only IPAddressPool and L2Advertisement are supported)"]
+        return [f"{kind} (BGP mode; only IPAddressPool and L2Advertisement are acted on)"]
     return [f"spec.{key}" for key in sorted(spec) if key not in known]
 
 
