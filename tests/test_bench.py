@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from e2e.netns import require_root_and_netns
-from nftproxy.bench import PROBE_SERVICES, _step_plan, check_capacity, percentile
+from nftproxy.bench import PROBE_SERVICES, TreeMemory, _step_plan, check_capacity, percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,22 @@ def test_counts_run_in_order_with_a_probe_first() -> None:
     assert check_capacity(200000, 10, 50) is not None
 
 
+def test_memory_of_a_process_and_its_nft_child_is_sampled(tmp_path: Path) -> None:
+    """A parent holding ~60 MiB and a child named nft (a copy of sleep): their peaks, and the sum."""
+    fake_nft = tmp_path / "nft"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", fake_nft)
+    code = ("import subprocess, sys, time; block = bytearray(60 << 20); child = subprocess.Popen([sys.argv[1], '0.5']);"
+            "time.sleep(0.1); del block; child.wait()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(fake_nft)])
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    proc.wait()
+    memory.stop()
+    assert memory.hwm_kib["self"] > 60 << 10
+    assert 0 < memory.hwm_kib["nft"] < 20 << 10
+    assert memory.together_kib >= memory.hwm_kib["nft"] + (60 << 10)
+
+
 @pytest.mark.kernel
 def test_bench_smoke(tmp_path: Path) -> None:
     require_root_and_netns()
@@ -40,10 +57,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
+    start = re.search(r"^50 x 3: cold start [\d.]+ s, nft -f of its dump [\d.]+ s, ratio [\d.]+x .*; parsing "
+                      r"[\d,]+ objects/s; peak nftproxy (\d+) MiB, its nft (\d+) MiB, together (\d+) MiB", out, re.M)
+    assert start, out
+    assert int(start[1]) > 0 and int(start[3]) >= int(start[1]), "the cold start's memory was sampled"
     assert re.search(r"^50 x 3: cold sync [\d.]+ s, nft -f [\d.]+ s, ratio [\d.]+x", out, re.M), out
     for label in ("replace one endpoint", "add a Service", "delete a Service"):
         assert re.search(rf"^50 x 3: {label}: latency median [\d.]+ ms, p95 [\d.]+ ms, \d+ operations", out, re.M), out
-    assert "| Services |" in report.read_text()
+    assert "### Cold start (headline)" in report.read_text() and "| Services |" in report.read_text()
     used = re.search(r"^netns (nfp-bench-\w+)", out, re.M)
     assert used, out
     after = bench_namespaces()
