@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ YIELD_SECONDS = 30.0  # how long a loser of a split brain stays back unless memb
 
 class Responder(Protocol):
     def set_addresses(self, wanted: Mapping[str, Any]) -> None: ...
+
+    def reannounce(self, interface: str | None = None) -> None: ...
 
 
 class EventSink(Protocol):
@@ -62,6 +65,8 @@ class Speaker:
         self.live: frozenset[str] = frozenset()
         self.settled = False
         self.committed: dict[ObjectRef, frozenset[str]] = {}  # LB addresses in this node's kernel
+        self._allowed: Counter[str] = Counter()  # the same, by address (Services may share one)
+        self._mine: dict[ObjectRef, Decision] = {}  # the decisions naming this node: what _apply walks
         self.no_carrier: set[str] = set()
         self.decisions: dict[ObjectRef, Decision] = {}
         self.yielded: dict[str, tuple[str, float]] = {}  # address -> (winner, until)
@@ -81,7 +86,13 @@ class Speaker:
 
     def set_committed(self, ref: ObjectRef, addresses: Iterable[str]) -> None:
         new = frozenset(addresses)
-        if self.committed.get(ref, frozenset()) != new:
+        old = self.committed.get(ref, frozenset())
+        if old != new:
+            self._allowed.subtract(old)
+            self._allowed.update(new)
+            for address in old - new:
+                if self._allowed[address] <= 0:
+                    del self._allowed[address]
             if new:
                 self.committed[ref] = new
             else:
@@ -106,7 +117,7 @@ class Speaker:
         whatever either side's membership says (heartbeats lost while ARP gets through is a partition)."""
         if other_node and other_leaving:
             log.info("node %s still answers for %s during its hand-over: announcing again", other_node, address)
-            self._reannounce(address)
+            self.responder.reannounce(interface)
             return
         self.stats.conflicts += 1
         ref = next((r for r, d in self.decisions.items() if address in d.addresses and d.node == self.me), None)
@@ -116,7 +127,7 @@ class Speaker:
         if winner == self.me:
             log.warning("split brain on %s: %s answers for %s too; announcing again (we are the rightful node)",
                         interface, who, address)
-            self._reannounce(address)
+            self.responder.reannounce(interface)
         else:
             log.warning("split brain on %s: %s answers for %s too; standing back for it", interface, who, address)
             assert other_node is not None
@@ -130,11 +141,14 @@ class Speaker:
     def update(self) -> dict[str, frozenset[str]]:
         """Recompute what changed and hand the result to the responder; returns interface -> addresses."""
         changes = self.view.changes
+        previous = self.decisions
         if changes.everything or self._dirty_all:
             refs = set(self.view.services) | set(self.decisions)
-            self.decisions.clear()
+            self.decisions = {}
+            self._mine.clear()
         else:
             refs = changes.services | self._dirty
+            previous = dict((r, self.decisions[r]) for r in refs if r in self.decisions)
         self._dirty_all = False
         self._dirty.clear()
         pools = self.view.pool_list()
@@ -142,14 +156,19 @@ class Speaker:
         live = self.live if self.settled else frozenset()
         for ref in refs:
             service = self.view.announced(ref)
+            old = previous.get(ref)
             if service is None:
-                old = self.decisions.pop(ref, None)
+                self.decisions.pop(ref, None)
+                self._mine.pop(ref, None)
                 if old is not None and old.node == self.me:
                     log.info("Service %s: no longer announced here", ref)
                 continue
             decision = decide(service, pools, adverts, self.view.nodes, live)
-            old = self.decisions.get(ref)
             self.decisions[ref] = decision
+            if decision.node == self.me:
+                self._mine[ref] = decision
+            else:
+                self._mine.pop(ref, None)
             if decision.node == self.me and (old is None or old.node != self.me):
                 log.info("Service %s: announcing %s from this node", ref, ", ".join(decision.addresses))
                 if self.events is not None:
@@ -162,9 +181,9 @@ class Speaker:
         address = me_info.address if me_info else None
         if address != self._interface_for or self._interface is None:
             self._interface, self._interface_for = self.default_interface(address), address
-        wanted = wanted_on(self.me, self.decisions.values(), self._interface)
+        wanted = wanted_on(self.me, self._mine.values(), self._interface)
         now = self.clock()
-        allowed = frozenset().union(*self.committed.values()) if self.committed else frozenset()
+        allowed = self._allowed
         out: dict[str, frozenset[str]] = {}
         for interface, addresses in wanted.items():
             if interface in self.no_carrier:
@@ -179,11 +198,6 @@ class Speaker:
             if self.on_announced is not None:
                 self.on_announced(out)
         return out
-
-    def _reannounce(self, address: str) -> None:
-        without = {i: a - {address} for i, a in self._wanted.items()}
-        self.responder.set_addresses(without)
-        self.responder.set_addresses(self._wanted)
 
     def withdraw_all(self) -> None:
         self._wanted = {}
