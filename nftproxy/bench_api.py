@@ -6,6 +6,12 @@ endpoints. Each change replaces one endpoint of one EndpointSlice through the re
 client; the latency is from just before that write to the arrival of the agent's "synced" log line,
 which it writes after the kernel accepted the transaction. (`nft monitor` would be the direct
 witness, but it reads the whole ruleset first and dies at 10,000 Services here.)
+
+The agent's first full sync is split in two: the API's time to serve the lists (measured by listing
+as the agent does, in pages of 500, before the agent starts: first with nothing cached in the
+stand-in, then again, as the agent will find it), and the agent's own share, measured by replaying
+the very pages in a process in the namespace: decode (json), parse (`Proxier.upsert`) and rebuild
+(`Proxier.sync`, nft included), as the agent runs them.
 """
 
 from __future__ import annotations
@@ -15,19 +21,24 @@ import os
 import queue
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import threading
+import tempfile
 import time
+import urllib.parse
+import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _SYNCED = re.compile(r"synced (\d+) Service\(s\): full rebuild")
+_CONTINUE = re.compile(rb'"continue":"([^"]+)"')
 
 
 @dataclass
@@ -38,6 +49,7 @@ class LatencyResult:
     cold_sync_seconds: float
     latencies_ms: list[float]
     agent_histogram: dict[str, float]
+    first_sync: dict[str, float] = field(default_factory=dict)  # the split of the first full sync
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -48,6 +60,15 @@ class LatencyResult:
                 f"one-endpoint changes: median {statistics.median(self.latencies_ms):.1f} ms, "
                 f"p99 {self.percentile(0.99):.1f} ms, max {max(self.latencies_ms):.1f} ms "
                 f"(target p99 <= 100 ms); first full sync {self.cold_sync_seconds:.2f} s")
+
+    def first_sync_summary(self) -> str:
+        f = self.first_sync
+        own = f["decode_s"] + f["parse_s"] + f["rebuild_s"]
+        return (f"{self.services:>6} Services x {self.endpoints}: first full sync {self.cold_sync_seconds:.2f} s from agent "
+                f"start; the API serves the lists ({f['objects']:,.0f} objects) in {f['api_cold_s']:.2f} s uncached, "
+                f"{f['api_warm_s']:.2f} s cached ({f['objects'] / f['api_warm_s']:,.0f} objects/s); the agent's own "
+                f"share {own:.2f} s: decode {f['decode_s']:.2f} s, parse {f['parse_s']:.2f} s "
+                f"({f['objects'] / f['parse_s']:,.0f} objects/s), rebuild {f['rebuild_s']:.2f} s")
 
 
 def _address(i: int, j: int) -> str:
@@ -78,10 +99,77 @@ def _rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e6):06d}Z"
 
 
+LIST_PATHS = (("Service", "/api/v1/services"), ("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"))
+PAGE_SIZE = 500  # as the agent's watchers list
+
+
+def list_pages(base_url: str, directory: Path | None = None) -> float:
+    """List Services and EndpointSlices as the agent does (pages of 500, raw bytes): seconds.
+
+    Only the list's metadata is read (for the continue token), so the time is the API's. With
+    `directory`, the pages are kept there for `replay`.
+    """
+    started = time.perf_counter()
+    for kind, path in LIST_PATHS:
+        token, page = "", 0
+        while True:
+            query = f"?limit={PAGE_SIZE}" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+            with urllib.request.urlopen(base_url + path + query, timeout=60) as resp:
+                body = resp.read()
+            if directory is not None:
+                (directory / f"{kind}-{page:05d}.json").write_bytes(body)
+            page += 1
+            found = _CONTINUE.search(body[: body.index(b'"items":')])
+            token = found.group(1).decode() if found else ""
+            if not token:
+                break
+    return time.perf_counter() - started
+
+
+def replay(directory: Path) -> dict[str, float]:
+    """The agent's own share of a first sync, from the pages it was served: decode, parse, rebuild.
+
+    Runs in the agent's namespace, the table absent; the collector as the agent has it.
+    """
+    from .agent.proxier import Proxier
+    from .config import ProxyConfig
+    from .kernel.nft import NftablesKernel
+
+    kernel = NftablesKernel()
+    kernel.delete_table()
+    proxier = Proxier(ProxyConfig(node_name="node-1"), kernel)
+    pages = sorted(directory.glob("*.json"))
+    started = time.perf_counter()
+    batches = [(path.name.split("-")[0], json.loads(path.read_bytes())) for path in pages]
+    decoded = time.perf_counter()
+    objects = 0
+    for kind, body in batches:
+        for obj in body.get("items") or []:
+            obj["kind"] = kind  # as the watcher does
+            proxier.upsert(obj)
+            objects += 1
+    del batches
+    parsed = time.perf_counter()
+    proxier.sync()
+    synced = time.perf_counter()
+    return {"objects": objects, "decode_s": decoded - started, "parse_s": parsed - decoded, "rebuild_s": synced - parsed}
+
+
+def _replay_in(netns: str, directory: Path) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "nftproxy.bench_api", "--replay",
+                           str(directory)], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"replay failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0) -> LatencyResult:
     from kubernetes import client
 
     from e2e.cluster_api import ClusterApi
+
+    from .bench import _owner_tag
 
     netns = f"nfp-benchapi-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -89,6 +177,8 @@ def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0)
     api: ClusterApi | None = None
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        # tagged as e2e/netns tags its namespaces: untagged nfp-* namespaces are removed by concurrent test runs
+        subprocess.run(["ip", "-n", netns, "link", "set", "dev", "lo", "alias", _owner_tag()], check=True)
         api = ClusterApi(netns, "127.0.0.1", 6443, service_cidr="198.18.0.0/15", history_size=200000).start()
         api.api.put_raw("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
         current = {}
@@ -96,6 +186,12 @@ def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0)
             api.api.put_raw("services", _service(i))
             current[i] = [_address(i, j) for j in range(endpoints)]
             api.api.put_raw("endpointslices.discovery.k8s.io", _slice(i, current[i]))
+
+        # the API's share: list as the agent will, first uncached, then as the agent finds it; keep the pages
+        pages = Path(tempfile.mkdtemp(prefix="nfp-benchapi-pages-"))
+        first_sync: dict[str, float] = {}
+        first_sync["api_cold_s"] = list_pages(api.api.url)
+        first_sync["api_warm_s"] = list_pages(api.api.url, pages)
 
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         started = time.monotonic()
@@ -143,7 +239,11 @@ def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0)
                     break
             time.sleep(0.02)
         histogram = _scrape_histogram(netns)
-        return LatencyResult(services, endpoints, changes, cold, latencies, histogram)
+        agent.send_signal(signal.SIGTERM)  # the replay below rebuilds in the agent's namespace
+        agent.wait(10)
+        first_sync.update(_replay_in(netns, pages))
+        shutil.rmtree(pages, ignore_errors=True)
+        return LatencyResult(services, endpoints, changes, cold, latencies, histogram, first_sync)
     finally:
         for proc in (agent,):
             if proc is not None and proc.poll() is None:
@@ -176,14 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--replay", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.replay:
+        print(json.dumps(replay(Path(args.replay))))
+        return 0
     result = measure(args.services, args.endpoints, args.changes)
     if args.json:
         print(json.dumps({"services": result.services, "median_ms": statistics.median(result.latencies_ms),
                           "p99_ms": result.percentile(0.99), "max_ms": max(result.latencies_ms),
-                          "cold_sync_s": result.cold_sync_seconds}))
+                          "cold_sync_s": result.cold_sync_seconds, "first_sync": result.first_sync}))
     else:
         print(result.summary())
+        print(result.first_sync_summary())
     return 0
 
 
