@@ -313,9 +313,6 @@ class Prober:
         self.results.sort()
         return self.results
 
-    def last_failure_after(self, moment: float) -> float | None:
-        return max((t for t, ok in self.results if t >= moment and not ok), default=None)
-
     def recovered_after(self, moment: float) -> float | None:
         """When a connection first succeeded again after the outage that began at `moment` (`moment`
         itself when nothing failed). Later failures are not the address's: connections balanced to an

@@ -106,7 +106,7 @@ def test_failover_when_the_announcer_dies(world: LBWorld) -> None:
     """A few trials of what `python -m e2e.lb_failover` measures (BENCHMARKS.md has 20)."""
     results = run(world, trials=3)
     print(report(results))
-    for victim, successor, seconds, _last in results:
+    for victim, successor, seconds, _share in results:
         assert successor != victim
         assert seconds < 5.0, f"{victim} died and traffic took {seconds:.2f} s to flow again"
 
