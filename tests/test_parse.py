@@ -9,6 +9,7 @@ import random
 import pytest
 
 from nftproxy.objects.addresses import AddressError, ip_text, parse_ip
+from nftproxy.objects.model import Endpoint
 from nftproxy.objects.parse import InvalidObject, parse_endpoint_slice, parse_service
 
 from e2e.objects import endpoint_slice, service
@@ -139,9 +140,10 @@ def test_endpoint_fields_are_named_in_errors() -> None:
             parse_endpoint_slice(obj)
         assert err.value.field == field, (field, str(err.value))
     ok = endpoint_slice("web", ["198.18.129.2", "198.18.129.3"])
+    ok["metadata"]["annotations"] = {"nftproxy.io/weight": "3"}
     ok["endpoints"][1].update(hints={"forZones": [{"name": "a"}]}, targetRef={"name": "web-1"}, zone="a",
-                              conditions={"ready": False, "serving": None})
+                              nodeName="node-2", conditions={"ready": False, "serving": None, "terminating": True})
     sl = parse_endpoint_slice(ok)
     assert sl is not None
-    second = sl.endpoints[1]
-    assert (second.zone_hints, second.target_name, second.zone, second.ready, second.serving) == (("a",), "web-1", "a", False, False)
+    assert sl.endpoints[1] == Endpoint(address="198.18.129.3", family=4, ready=False, serving=False, terminating=True,
+                                       node_name="node-2", zone="a", zone_hints=("a",), target_name="web-1", weight=3)

@@ -353,17 +353,17 @@ def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: s
     target = raw.get("targetRef")
     if target is not None:
         target_name = str(check.mapping(target, f"endpoints[{i}].targetRef").get("name") or "") or None
-    return Endpoint(
-        address=address,
-        family=family,
-        ready=ready,
-        serving=ready if serving is None else bool(serving),
-        terminating=False if terminating is None else bool(terminating),
-        node_name=raw.get("nodeName") or None,
-        zone=raw.get("zone") or None,
-        zone_hints=zone_hints,
-        target_name=target_name,
-        weight=weight,
+    return Endpoint(  # positional, in field order (keywords cost a quarter of the construction)
+        address,
+        family,
+        ready,
+        ready if serving is None else bool(serving),
+        False if terminating is None else bool(terminating),
+        raw.get("nodeName") or None,
+        raw.get("zone") or None,
+        zone_hints,
+        target_name,
+        weight,
     )
 
 
