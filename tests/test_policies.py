@@ -11,7 +11,8 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from e2e.agent import AgentCluster
 from e2e.netns import NamespaceCluster, Pod, require_root_and_netns
-from e2e.netns.cluster import Client, cleanup_stale
+from e2e.netns.cluster import Client, NetnsLike, cleanup_stale
 from e2e.objects import service
 
 pytestmark = pytest.mark.kernel
@@ -196,6 +197,101 @@ def test_session_affinity(world: World) -> None:
     time.sleep(3.5)
     listing = world.cluster.exec(world.node(0), ["nft", "list", "map", "inet", "nftproxy", "affinity-v4"]).stdout
     assert f"{client_ip} . 198.19.1.4" not in listing
+
+
+def add_addresses(cluster: NamespaceCluster, where: NetnsLike, ifname: str, addresses: Iterable[str]) -> None:
+    """Secondary addresses on an interface; tests of a module share namespaces, so adding twice is fine."""
+    have = cluster.exec(where, ["ip", "-o", "addr", "show", "dev", ifname]).stdout
+    for address in addresses:
+        if f" {address}/" not in have:
+            extra = ["nodad"] if ":" in address else []
+            cluster.exec(where, ["ip", "addr", "add", f"{address}/{64 if ':' in address else 24}", "dev", ifname, *extra])
+
+
+def landed_from_each(cluster: NamespaceCluster, client: Client, sources: list[str], address: str, port: int,
+                     count: int) -> dict[str, Counter]:
+    """Where `count` connections from each source address landed; sources run in parallel, so that
+    affinity timing stays tight (one probe process per source)."""
+    def run(source: str) -> Counter:
+        return landed(cluster.probe(client, address, port, count=count, bind=source))
+    with ThreadPoolExecutor(len(sources)) as pool:
+        return dict(zip(sources, pool.map(run, sources)))
+
+
+def sticky_endpoints(cluster: NamespaceCluster, client: Client, sources: list[str], targets: list[tuple[str, int]],
+                     count: int = 4) -> dict[str, str]:
+    """Asserts each source lands on one endpoint through every (address, port) in turn, and that the
+    sources still spread over several endpoints; returns source -> endpoint."""
+    seen: dict[str, Counter] = {source: Counter() for source in sources}
+    for address, port in targets:
+        for source, got in landed_from_each(cluster, client, sources, address, port, count).items():
+            seen[source] += got
+    for source, got in seen.items():
+        assert len(got) == 1 and next(iter(got)).startswith("web-"), f"{source} to {targets} sticks to one endpoint: {got}"
+    chosen = {source: next(iter(got)) for source, got in seen.items()}
+    assert len(set(chosen.values())) >= 2, f"different clients still spread: {chosen}"
+    return chosen
+
+
+def assert_kept(cluster: NamespaceCluster, client: Client, before: dict[str, str], address: str, port: int,
+                pause: float = 2.5) -> None:
+    """Well within the timeout, after a pause, every client still lands on its endpoint."""
+    time.sleep(pause)
+    kept = {s: next(iter(c)) for s, c in landed_from_each(cluster, client, list(before), address, port, 1).items()}
+    assert kept == before, f"{address}:{port} after {pause} s: clients keep their endpoints"
+
+
+def assert_released(cluster: NamespaceCluster, client: Client, sources: list[str], targets: list[tuple[str, int]],
+                    timeout: int) -> None:
+    """Once `timeout` passed since a client's last connection, it is balanced afresh: with a dozen
+    clients over three endpoints, some land elsewhere than before."""
+    def where() -> list[dict[str, str]]:
+        return [{s: next(iter(c)) for s, c in landed_from_each(cluster, client, sources, a, p, 1).items()}
+                for a, p in targets]
+    before = where()
+    time.sleep(timeout + 1.5)
+    after = where()
+    for (address, port), old, new in zip(targets, before, after):
+        assert all(e.startswith("web-") for e in new.values()), new
+        assert new != old, f"{address}:{port} after timeoutSeconds {timeout}: clients are balanced afresh ({new})"
+
+
+def affinity(timeout: int) -> dict[str, Any]:
+    return {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": timeout}}}
+
+
+def test_session_affinity_on_every_frontend(world: World) -> None:
+    """ClusterIP, externalIP, LB IP and NodePort (on two addresses of the node) are all sticky."""
+    n1 = world.node(0)
+    world.agents.apply("sticky", [
+        svc("sticky", "198.19.1.11", type="LoadBalancer", node_port=30080, externalIPs=["198.18.0.151"],
+            status={"loadBalancer": {"ingress": [{"ip": "198.18.0.214"}]}}, **affinity(60)),
+        slice_of("sticky", world.web),
+    ])
+    for address in ("198.19.1.11", "198.18.0.151", "198.18.0.214"):
+        world.cluster.add_route(world.outside, f"{address}/32", n1.ip)
+    alt = "198.18.0.31"  # another address of node-1: NodePorts answer on every local address
+    add_addresses(world.cluster, n1, n1.lan_ifname, [alt])
+    sources = [f"198.18.0.{60 + i}" for i in range(12)]
+    add_addresses(world.cluster, world.outside, world.outside.lan_ifname, sources)
+    for address in ("198.19.1.11", "198.18.0.151", "198.18.0.214"):
+        sticky_endpoints(world.cluster, world.outside, sources, [(address, 80)])
+    # the same client on the same NodePort sticks, whichever local address it reached
+    chosen = sticky_endpoints(world.cluster, world.outside, sources, [(n1.ip, 30080), (alt, 30080)])
+    assert_kept(world.cluster, world.outside, chosen, alt, 30080)
+    world.agents.delete("sticky")
+
+
+def test_session_affinity_timeout_releases_clients(world: World) -> None:
+    n1 = world.node(0)
+    world.agents.apply("short", [svc("short", "198.19.1.12", type="NodePort", node_port=30081, **affinity(2)),
+                                 slice_of("short", world.web)])
+    world.cluster.add_route(world.outside, "198.19.1.12/32", n1.ip)
+    sources = [f"198.18.0.{60 + i}" for i in range(12)]
+    add_addresses(world.cluster, world.outside, world.outside.lan_ifname, sources)
+    sticky_endpoints(world.cluster, world.outside, sources, [(n1.ip, 30081)])
+    assert_released(world.cluster, world.outside, sources, [(n1.ip, 30081), ("198.19.1.12", 80)], 2)
+    world.agents.delete("short")
 
 
 def test_load_balancer_source_ranges(world: World) -> None:

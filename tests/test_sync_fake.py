@@ -37,6 +37,7 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
         "chain lb-external-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
         "chain lb-external-v4-2 meta mark set meta mark | 0x00004000",
         "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-external-v4-2",
+        "chain lb-nodeport-v4-2 meta l4proto . th dport @affinity-nodeport-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . meta l4proto . th dport map @affinity-nodeports-v4",
         "chain lb-nodeport-v4-2 meta mark set meta mark | 0x00004000",
         "chain lb-nodeport-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport . numgen random mod 2 map @backends-nodeport-v4-2",
         'element backends-cluster-v4-2 198.19.0.10 . tcp . 80 . 0 comment "shop/web:http" : 198.18.129.2 . 8080',
@@ -111,6 +112,11 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
                 p["nodePort"] = 30000 + rng.randrange(6) * 2 + k  # collisions on purpose
         if svc_type == "LoadBalancer" and rng.random() < 0.7:
             extra["status"] = {"loadBalancer": {"ingress": [{"ip": f"198.18.0.{200 + rng.randrange(3)}"}]}}
+            if rng.random() < 0.5:
+                extra["loadBalancerSourceRanges"] = rng.sample(["198.18.0.0/24", "198.18.0.101/32", "198.18.0.200/30"], 2)
+        if rng.random() < 0.3:
+            extra["sessionAffinity"] = "ClientIP"
+            extra["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": rng.choice([10, 60])}}
         ips = [f"198.19.0.{i + 1}"] + ([f"2001:db8:2::{i + 1:x}"] if rng.random() < 0.3 else [])
         proxier.upsert(service(name, ips, ports, type=svc_type, creation=f"2026-01-{rng.randrange(1, 28):02d}T00:00:00Z", **extra))
     elif roll < 0.75:
@@ -217,3 +223,38 @@ def test_broken_objects_cost_nobody_else_their_rules(caplog: pytest.LogCaptureFi
     assert 'element service-ips-v4 198.19.0.10 . tcp . 80 comment "default/good:http" : goto lb-cluster-v4-1' in dump
     assert not any("team/" in line for line in dump)
     assert ObjectRef("default", "good") in proxier.services
+
+
+def test_affinity_covers_every_frontend() -> None:
+    """ClusterIP, externalIP, LB IP and NodePort get affinity elements; IPv6 ones carry the endpoints' port."""
+    proxier, kernel = fresh()
+    proxier.upsert(service("web", ["198.19.0.10", "2001:db8:2::10"], [{"name": "http", "port": 80, "nodePort": 30080}],
+                           type="LoadBalancer", externalIPs=["198.18.0.150"], ipFamilies=["IPv4", "IPv6"],
+                           status={"loadBalancer": {"ingress": [{"ip": "198.18.0.200"}]}},
+                           sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}))
+    proxier.upsert(endpoint_slice("web", ["198.18.129.2"]))
+    proxier.upsert(endpoint_slice("web", ["2001:db8:1::2"], name="web-v6", address_type="IPv6"))
+    proxier.sync()
+    affinity = [line.replace(' comment "default/web:http"', "") for line in kernel.dump() if "element affinity" in line]
+    frontends = ["198.18.0.150 . tcp . 80", "198.18.0.200 . tcp . 80", "198.19.0.10 . tcp . 80"]
+    assert affinity == sorted(
+        [f"element affinity-frontends-v4 {f}" for f in frontends]
+        + [f"element affinity-services-v4 {f} : jump affinity-record-v4-60" for f in frontends]
+        + [f"element affinity-valid-v4 {f} . 198.18.129.2 . 8080" for f in frontends]
+        + ["element affinity-nodeport-frontends-v4 tcp . 30080",
+           "element affinity-nodeport-services-v4 tcp . 30080 : jump affinity-nodeport-record-v4-60",
+           "element affinity-nodeport-valid-v4 tcp . 30080 . 198.18.129.2 . 8080"]
+        + ["element affinity-frontends-v6 2001:db8:2::10 . tcp . 80",
+           "element affinity-ports-v6 2001:db8:2::10 . tcp . 80 : 8080",
+           "element affinity-services-v6 2001:db8:2::10 . tcp . 80 : jump affinity-record-v6-60",
+           "element affinity-valid-v6 2001:db8:2::10 . tcp . 80 . 2001:db8:1::2 . 8080",
+           "element affinity-nodeport-frontends-v6 tcp . 30080",
+           "element affinity-nodeport-ports-v6 tcp . 30080 : 8080",
+           "element affinity-nodeport-services-v6 tcp . 30080 : jump affinity-nodeport-record-v6-60",
+           "element affinity-nodeport-valid-v6 tcp . 30080 . 2001:db8:1::2 . 8080"])
+    # IPv6 entries hold no port: a frontend whose endpoints listen on different ports is not sticky
+    proxier.upsert(endpoint_slice("web", ["2001:db8:1::3"], name="web-v6-b", address_type="IPv6",
+                                  ports=[{"name": "http", "port": 9090, "protocol": "TCP"}]))
+    proxier.sync()
+    assert not [line for line in kernel.dump() if "element affinity" in line and "-v6 " in line]
+    assert any(line.startswith("element affinity-services-v4 ") for line in kernel.dump())

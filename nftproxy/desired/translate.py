@@ -10,6 +10,8 @@ Frontends and where they go (per family):
                         outside clients -> lb-local-N (this node's endpoints, source kept) or drop
 - NodePort:             service-nodeports -> lb-nodeport-N, or nodeport-local with the same split
 - no endpoints at all:  no-endpoint-services / no-endpoint-nodeports -> reject
+- sessionAffinity:      every frontend is sticky: client . address . port for ClusterIPs, externalIPs
+                        and LB IPs, client . NodePort for NodePorts (whichever local address was reached)
 """
 
 from __future__ import annotations
@@ -39,6 +41,64 @@ KINDS = {
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
 
+# nft 1.0.6 gives the key and the data of a map updated from the packet path one 16-byte register each
+# (fixed upstream in 1.0.7 and 1.1.0). An IPv4 client . frontend (16 bytes) and endpoint (8) fit; IPv6
+# ones do not, so an IPv6 entry is keyed by two 32-bit hashes of client (. address) followed by
+# protocol . port (two different clients or addresses collide with odds ~2^-64), holds the endpoint
+# address only, and the endpoint port comes from the frontend's @affinity-*ports-v6 map.
+_HASH = ("mod 4294967295 seed 0x6e667031", "mod 4294967295 seed 0x6e667032")
+
+
+@dataclass(frozen=True, slots=True)
+class _AffinityNames:
+    """sessionAffinity for one kind of frontend: its maps, and how the frontend reads in a packet.
+
+    A NodePort is keyed by protocol . port only, so a client sticks whichever local address it reached.
+    """
+
+    entries: str  # client . frontend -> endpoint, filled from the packet path
+    frontends: str  # frontends whose Service has affinity now
+    services: str  # frontend -> the record chain with the Service's timeout
+    valid: str  # frontend . endpoint pairs an entry may point at
+    ports: str  # IPv6: frontend -> endpoint port (see above)
+    record_chain: str  # record chains' name prefix
+    by_daddr: bool  # keyed by destination address . protocol . port (else protocol . port)
+
+    def frontend(self, ipx: str, original: bool = False) -> str:
+        """The frontend as the packet has it before DNAT, or as conntrack remembers it once DNAT rewrote it."""
+        proto_port = "meta l4proto . ct original proto-dst" if original else "meta l4proto . th dport"
+        daddr = f"ct original {ipx} daddr" if original else f"{ipx} daddr"
+        return f"{daddr} . {proto_port}" if self.by_daddr else proto_port
+
+    def key(self, family: int, original: bool = False) -> str:
+        """client . frontend as the entries map is keyed."""
+        ipx = _IPX[family]
+        ct = "ct original " if original else ""
+        if family == 4:
+            return f"{ct}{ipx} saddr . {self.frontend(ipx, original)}"
+        hashed = f"{ct}{ipx} saddr . {ct}{ipx} daddr" if self.by_daddr else f"{ct}{ipx} saddr"
+        proto_port = "meta l4proto . ct original proto-dst" if original else "meta l4proto . th dport"
+        return f"jhash {hashed} {_HASH[0]} . jhash {hashed} {_HASH[1]} . {proto_port}"
+
+    def steer(self, family: int) -> str:
+        """The lb chains' rule: a client with a live entry goes to its endpoint."""
+        ipx, v = _IPX[family], f"-v{family}"
+        frontend = self.frontend(ipx)
+        target = f"{self.key(family)} map @{self.entries}{v}"
+        if family == 6:
+            target += f" : {frontend} map @{self.ports}{v}"
+        # only frontends that have affinity now: entries of a Service that dropped it, or of a deleted
+        # Service whose address was reused, must not steer anything
+        return f"{frontend} @{self.frontends}{v} meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {target}"
+
+
+AFFINITY_IPS = _AffinityNames("affinity", "affinity-frontends", "affinity-services", "affinity-valid",
+                              "affinity-ports", "affinity-record", True)
+AFFINITY_NODEPORTS = _AffinityNames("affinity-nodeports", "affinity-nodeport-frontends", "affinity-nodeport-services",
+                                    "affinity-nodeport-valid", "affinity-nodeport-ports", "affinity-nodeport-record",
+                                    False)
+
+
 def lb_chain_name(kind: str, family: int, count: int) -> str:
     """lb-cluster-v4-3: load-balances over 3 endpoint slots for every ClusterIP frontend that has 3."""
     return f"lb-{kind}-v{family}-{count}"
@@ -58,14 +118,9 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
         rules.append(MARK_FOR_MASQUERADE)
     elif masquerade == "cluster" and config.cluster_cidr(family):
         rules.append(f"{ipx} saddr != {config.cluster_cidr(family)} {MARK_FOR_MASQUERADE}")
-    if by_daddr:
-        frontend = f"{ipx} daddr . meta l4proto . th dport"
-        # only frontends that have affinity now: entries of a Service that dropped it, or of a deleted
-        # Service whose address was reused, must not steer anything
-        rules.append(f"{frontend} @affinity-frontends-v{family} meta l4proto {{ tcp, udp, sctp }} "
-                     f"dnat {ipx} to {ipx} saddr . {frontend} map @affinity-v{family}")
-    else:
-        frontend = "meta l4proto . th dport"
+    affinity = AFFINITY_IPS if by_daddr else AFFINITY_NODEPORTS
+    frontend = affinity.frontend(ipx)
+    rules.append(affinity.steer(family))
     table = backends_map_name(kind, family, count)
     rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} map @{table}")
     plural = "s" if count != 1 else ""
@@ -77,18 +132,26 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
                  ((table, declaration),))
 
 
-def affinity_record_chain(family: int, timeout: int) -> Chain:
+@lru_cache(maxsize=1024)
+def affinity_record_chain(family: int, timeout: int, names: _AffinityNames = AFFINITY_IPS) -> Chain:
     """Records client . frontend -> endpoint with a Service's timeout; expires entries whose endpoint left."""
     ipx = _IPX[family]
-    key = f"ct original {ipx} saddr . ct original {ipx} daddr . meta l4proto . ct original proto-dst"
-    frontend = f"ct original {ipx} daddr . meta l4proto . ct original proto-dst"
+    frontend, key = names.frontend(ipx, original=True), names.key(family, original=True)
+    entries, valid, endpoint = f"@{names.entries}-v{family}", f"@{names.valid}-v{family}", f"{ipx} daddr . th dport"
+    stored = endpoint if family == 4 else f"{ipx} daddr"  # IPv6: the port is the frontend's (see _HASH)
     rules = []
+    # the client's entry steered this connection to an endpoint that left: expire it, drop, the retry rebalances
     for proto in _PROTOCOLS:
-        rules.append(f"meta l4proto {proto} {frontend} . {ipx} daddr . th dport != @affinity-valid-v{family} "
-                     f"update @affinity-v{family} {{ {key} timeout 1s : {ipx} daddr . th dport }} drop")
+        rules.append(f"meta l4proto {proto} {key} {entries} {frontend} . {endpoint} != {valid} "
+                     f"update {entries} {{ {key} timeout 1s : {stored} }} drop")
+    # only endpoints of this frontend are recorded (a NodePort key cannot tell a NodePort from another
+    # frontend with the same port number)
     for proto in _PROTOCOLS:
-        rules.append(f"meta l4proto {proto} update @affinity-v{family} {{ {key} timeout {timeout}s : {ipx} daddr . th dport }}")
-    return Chain(f"affinity-record-v{family}-{timeout}", tuple(rules), f"sessionAffinity ClientIP, timeout {timeout}s")
+        rules.append(f"meta l4proto {proto} {frontend} . {endpoint} {valid} "
+                     f"update {entries} {{ {key} timeout {timeout}s : {stored} }}")
+    kind = "" if names.by_daddr else "NodePorts, "
+    return Chain(f"{names.record_chain}-v{family}-{timeout}", tuple(rules),
+                 f"sessionAffinity ClientIP, {kind}timeout {timeout}s")
 
 
 def port_comment(svc: Service, port: ServicePort) -> str:
@@ -210,16 +273,31 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
     if port.node_port:
         _external(b, NODE_PORTS, f"{port.protocol} . {port.node_port}", svc.external_traffic_local, chosen, comment)
     if svc.affinity_timeout:
-        record = affinity_record_chain(b.family, svc.affinity_timeout)
-        b.chains.add(record)
-        for key, backends in ((cluster_key, chosen.cluster), *((k, chosen.all) for k in external_frontends)):
-            b.add("affinity-services", key, "jump " + record.name, comment)
-            b.add("affinity-frontends", key, None, comment)
-            for backend in backends:
-                b.add("affinity-valid", f"{key} . {backend.value}", None, comment)
+        sticky = [(cluster_key, chosen.cluster), *((k, chosen.all) for k in external_frontends)]
+        _affinity(b, AFFINITY_IPS, sticky, svc.affinity_timeout, comment)
+        if port.node_port:
+            _affinity(b, AFFINITY_NODEPORTS, [(f"{port.protocol} . {port.node_port}", chosen.all)],
+                      svc.affinity_timeout, comment)
     # hairpin: only a pod on this node can reach itself through this node's rules (or an endpoint
     # whose node is unknown, to be safe)
     b.hairpin.update(x.address for x in chosen.all if x.local or x.node_unknown)
+
+
+def _affinity(b: _Builder, names: _AffinityNames, frontends: list[tuple[str, tuple[Backend, ...]]], timeout: int,
+              comment: str) -> None:
+    """Frontends of a sessionAffinity Service: sticky, recorded with its timeout, valid for its endpoints."""
+    record = affinity_record_chain(b.family, timeout, names)
+    b.chains.add(record)
+    for key, backends in frontends:
+        if b.family == 6:
+            ports = {backend.port for backend in backends}
+            if len(ports) != 1:
+                continue  # an IPv6 entry holds no port (see _HASH): endpoints on different ports are not sticky
+            b.add(names.ports, key, str(ports.pop()), comment)
+        b.add(names.services, key, "jump " + record.name, comment)
+        b.add(names.frontends, key, None, comment)
+        for backend in backends:
+            b.add(names.valid, f"{key} . {backend.value}", None, comment)
 
 
 def config_fragment(config: ProxyConfig) -> Fragment:
