@@ -330,14 +330,24 @@ def _status(pid: int) -> dict[str, str] | None:
     return fields if "VmHWM" in fields and "VmRSS" in fields else None
 
 
-def timed_cold_start(manifests: Path) -> tuple[float, TreeMemory]:
-    """`nftproxy run --manifests DIR --once` as a new process: seconds from spawn to exit, and its memory."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+def _tree_env(tree: Path) -> dict[str, str]:
+    """Environment that makes `python -m nftproxy` run the checkout at `tree` (run with cwd=tree)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+THIS_TREE = Path(__file__).resolve().parents[1]
+
+
+def timed_cold_start(manifests: Path, tree: Path = THIS_TREE) -> tuple[float, TreeMemory]:
+    """`nftproxy run --manifests DIR --once` as a new process: seconds from spawn to exit, and its memory.
+
+    `tree`: the checkout to run (another one gives a baseline, side by side).
+    """
     argv = [sys.executable, "-m", "nftproxy", "run", "--manifests", str(manifests), "--once", *BENCH_FLAGS]
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env=_tree_env(tree), cwd=tree)
         memory = TreeMemory(proc.pid)
         memory.start()
         _pid, status, _usage = os.wait4(proc.pid, 0)
@@ -358,44 +368,66 @@ def timed_nft_fresh(path: Path) -> float:
     return seconds
 
 
-def parse_rate(n: int, endpoints: int) -> float:
-    """Objects parsed per second, as a cold start parses them (collector off), over up to 10,000 Services."""
-    from .agent.proxier import Proxier
-    from .config import ProxyConfig
-    from .kernel.fake import FakeKernel
-
-    count = min(n, 10000)
-    objects = [obj for i in range(count)
-               for obj in (service_object(i), slice_object(i, original_addresses(i, endpoints)))]
-    proxier = Proxier(ProxyConfig(node_name="bench-node"), FakeKernel())
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        for obj in objects:
-            proxier.upsert(obj)
-        seconds = time.perf_counter() - started
-    finally:
-        gc.enable()
-    return len(objects) / seconds
+PARSE_RATE = """
+import gc, sys, time
+from nftproxy.agent.proxier import Proxier
+from nftproxy.bench import original_addresses, service_object, slice_object
+from nftproxy.config import ProxyConfig
+from nftproxy.kernel.fake import FakeKernel
+n, endpoints = int(sys.argv[1]), int(sys.argv[2])
+objects = [obj for i in range(n) for obj in (service_object(i), slice_object(i, original_addresses(i, endpoints)))]
+proxier = Proxier(ProxyConfig(node_name="bench-node"), FakeKernel())
+gc.disable()
+started = time.perf_counter()
+for obj in objects:
+    proxier.upsert(obj)
+print(len(objects) / (time.perf_counter() - started))
+"""
 
 
-def measure_cold_start(n: int, endpoints: int, repeats: int, delete_table: Callable[[], None]) -> dict[str, Any]:
+def parse_rate(n: int, endpoints: int, tree: Path = THIS_TREE) -> float:
+    """Objects parsed per second by `Proxier.upsert`, the collector off as in a cold start, over up to
+    10,000 Services; in a process of its own, running the checkout at `tree`."""
+    proc = subprocess.run([sys.executable, "-c", PARSE_RATE, str(min(n, 10000)), str(endpoints)], capture_output=True,
+                          text=True, env=_tree_env(tree), cwd=tree, timeout=CHILD_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"parse rate in {tree} failed: {proc.stderr[-2000:]}")
+    return float(proc.stdout.split()[-1])
+
+
+def measure_cold_start(n: int, endpoints: int, repeats: int, delete_table: Callable[[], None],
+                       baseline: Path | None = None) -> dict[str, Any]:
     """The headline: a cold start from process start to rules committed, against `nft -f` of the ruleset
-    it left (as `nft list table` prints it) into a fresh namespace; interleaved runs, medians."""
+    it left (as `nft list table` prints it) into a fresh namespace; interleaved runs, medians.
+
+    `baseline`: another checkout whose cold start runs in the same rounds (keys `base_*`).
+    """
     out: dict[str, Any] = {"parse_objects_per_s": parse_rate(n, endpoints)}
+    if baseline is not None:
+        out["base_parse_objects_per_s"] = parse_rate(n, endpoints, baseline)
     gc.collect()
     runs: list[float] = []
+    base_runs: list[float] = []
     nft_runs: list[float] = []
     peaks: dict[str, int] = {}
+
+    def peak(prefix: str, memory: TreeMemory) -> None:
+        for name, kib in (*memory.hwm_kib.items(), ("together", memory.together_kib)):
+            peaks[prefix + name] = max(peaks.get(prefix + name, 0), kib)
+
     with tempfile.TemporaryDirectory(prefix="nfp-bench-cold-") as tmp:
         out["objects"] = write_manifests(Path(tmp), n, endpoints)
         dump = Path(tmp) / "dump.nft"
         for attempt in range(repeats):
+            if baseline is not None:
+                delete_table()
+                seconds, memory = timed_cold_start(Path(tmp) / "objects.json", baseline)
+                base_runs.append(seconds)
+                peak("base_", memory)
             delete_table()
             seconds, memory = timed_cold_start(Path(tmp) / "objects.json")
             runs.append(seconds)
-            for name, kib in (*memory.hwm_kib.items(), ("together", memory.together_kib)):
-                peaks[name] = max(peaks.get(name, 0), kib)
+            peak("", memory)
             if attempt == 0:
                 started = time.perf_counter()
                 listed = subprocess.run(["nft", "list", "table", "inet", "nftproxy"], capture_output=True, text=True)
@@ -406,13 +438,21 @@ def measure_cold_start(n: int, endpoints: int, repeats: int, delete_table: Calla
                 out["dump_bytes"] = len(listed.stdout.encode())
                 del listed
             nft_runs.append(timed_nft_fresh(dump))
-            _progress(f"{n} x {endpoints}: cold start {seconds:.3f} s, nft -f of its dump {nft_runs[-1]:.3f} s")
+            _progress(f"{n} x {endpoints}: cold start {seconds:.3f} s"
+                      + (f" (baseline {base_runs[-1]:.3f} s)" if base_runs else "")
+                      + f", nft -f of its dump {nft_runs[-1]:.3f} s")
     out["start_runs_s"], out["start_nft_runs_s"] = runs, nft_runs
     out["start_s"], out["start_nft_s"] = statistics.median(runs), statistics.median(nft_runs)
     out["start_ratio"] = out["start_s"] / out["start_nft_s"]
     out["start_peak_self_kib"] = peaks.get("self", 0)
     out["start_peak_nft_kib"] = peaks.get("nft", 0)
     out["start_peak_together_kib"] = peaks.get("together", 0)
+    if base_runs:
+        out["base_start_runs_s"] = base_runs
+        out["base_start_s"] = statistics.median(base_runs)
+        out["base_start_ratio"] = out["base_start_s"] / out["start_nft_s"]
+        for name in ("self", "nft", "together"):
+            out[f"base_start_peak_{name}_kib"] = peaks.get(f"base_{name}", 0)
     return out
 
 
@@ -420,7 +460,8 @@ def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = None, trace: bool = False) -> dict[str, Any]:
+def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = None, trace: bool = False,
+            baseline: Path | None = None) -> dict[str, Any]:
     """Everything for one Service count; must run inside the throwaway namespace."""
     import cProfile
 
@@ -454,7 +495,7 @@ def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = Non
     result: dict[str, Any] = {"services": n, "endpoints": endpoints, "changes": changes}
     started = time.perf_counter()
     _progress(f"{n} x {endpoints}: cold start (nftproxy run --once as a new process) ...")
-    result.update(measure_cold_start(n, endpoints, cold_repeats(n), kernel.delete_table))
+    result.update(measure_cold_start(n, endpoints, cold_repeats(n), kernel.delete_table, baseline))
     result["start_section_s"] = time.perf_counter() - started
     kernel.delete_table()  # table absent; loads libnftables, as the first small transaction of an agent would
     proxier = Proxier(config, kernel)
@@ -636,7 +677,8 @@ def inside_main(args: argparse.Namespace) -> int:
         print(f"[bench] refusing to measure: running in namespace {ns or '(unnamed)'}, not {NETNS_PREFIX}*", file=sys.stderr)
         return 3
     result = measure(args.services_one, args.endpoints, args.changes,
-                     Path(args.profile) if args.profile else None, args.tracemalloc)
+                     Path(args.profile) if args.profile else None, args.tracemalloc,
+                     Path(args.baseline) if args.baseline else None)
     result["netns"] = ns
     Path(args.result).write_text(json.dumps(result))
     return 0
@@ -860,6 +902,21 @@ def _start_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     return header, rows
 
 
+def _baseline_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["Services", "Endpoints", "code", "parsing", "run --once", "ratio to nft -f", "nftproxy peak", "its nft peak",
+              "together"]
+    rows = []
+    for r in results:
+        if "base_start_s" not in r:
+            continue
+        for label, prefix in (("before (baseline)", "base_"), ("after (this tree)", "")):
+            rows.append([f"{r['services']:,}", str(r["endpoints"]), label, f"{r[prefix + 'parse_objects_per_s']:,.0f}/s",
+                         f"{r[prefix + 'start_s']:.3f} s", f"{r[prefix + 'start_ratio']:.2f}x",
+                         f"{_mib(r[prefix + 'start_peak_self_kib']):.0f} MiB", f"{_mib(r[prefix + 'start_peak_nft_kib']):.0f} MiB",
+                         f"{_mib(r[prefix + 'start_peak_together_kib']):.0f} MiB"])
+    return header, rows
+
+
 def _cold_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["Services", "Endpoints", "Elements", "Script", "Runs", "nftproxy sync", "nft -f", "ratio",
               "steady RSS", "nftproxy peak", "its nft child peak", "nft -f peak"]
@@ -894,7 +951,7 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    text_columns = {"Change"}
+    text_columns = {"Change", "code"}
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if h in text_columns else "---:" for h in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
@@ -912,6 +969,8 @@ def render_text(results: list[dict[str, Any]], notes: list[str], machine: dict[s
     if results:
         parts += ["", "Cold start (nftproxy run --manifests DIR --once, process start to rules committed):",
                   _text_table(*_start_rows(results)),
+                  *(["", "Cold start, baseline checkout and this one in the same rounds:", _text_table(*_baseline_rows(results))]
+                    if _baseline_rows(results)[1] else []),
                   "", "Cold sync (full rebuild, table absent before each) and memory:", _text_table(*_cold_rows(results)),
                   "", "One-Service changes (latency of proxier.sync()):", _text_table(*_change_rows(results)),
                   "", "Targets:", *("  " + t for t in _targets(results))]
@@ -947,6 +1006,8 @@ def render_markdown(results: list[dict[str, Any]], notes: list[str], machine: di
     ]
     if results:
         parts += ["### Cold start (headline)", "", _md_table(*_start_rows(results)), "",
+                  *(["#### Before and after (`--baseline`)", "", _md_table(*_baseline_rows(results)), ""]
+                    if _baseline_rows(results)[1] else []),
                   "### Cold sync and memory", "", _md_table(*_cold_rows(results)), "",
                   "### One-Service changes", "",
                   "Latency of `Proxier.sync()` for one change, each run on a different Service; operations are "
@@ -969,6 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output")
     p.add_argument("--profile", help="write cProfile stats of the cold sync and the changes to this directory")
     p.add_argument("--tracemalloc", action="store_true", help="report what the steady state holds (slow)")
+    p.add_argument("--baseline", help="another checkout of nftproxy whose cold start runs side by side (before/after)")
     p.add_argument("--mix", choices=("plain", "policies"), default="plain",
                    help="plain: ClusterIPs only; policies: a quarter each NodePort, eTP Local LoadBalancer with "
                         "source ranges, ClientIP affinity with an externalIP, iTP Local; half the endpoints local")
@@ -986,6 +1048,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra += ["--profile", str(Path(args.profile).resolve())]
     if args.tracemalloc:
         extra.append("--tracemalloc")
+    if args.baseline:
+        extra += ["--baseline", str(Path(args.baseline).resolve())]
     counts = [int(x) for x in args.services.split(",") if x.strip()]
     return run_bench(counts, args.endpoints, args.changes, args.output, extra)
 
