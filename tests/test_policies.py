@@ -308,6 +308,37 @@ def test_load_balancer_source_ranges(world: World) -> None:
     assert landed(world.cluster.probe(world.stranger, world.node(0).ip, 30105, count=2)) == {"web-1": 2}
 
 
+def test_load_balancer_source_ranges_allow_the_services_own_lb_addresses(world: World) -> None:
+    """As upstream: traffic from one of the Service's LoadBalancer addresses (a node reaching the LB
+    from that address, e.g. SNATted to it) passes whatever the ranges say."""
+    n1 = world.node(0)
+    lb1, lb2 = "198.18.0.215", "198.18.0.216"
+    def fw_self(ranges: list[str]) -> list[dict[str, Any]]:
+        return [svc("fw-self", "198.19.1.13", type="LoadBalancer", node_port=30106, loadBalancerSourceRanges=ranges,
+                    status={"loadBalancer": {"ingress": [{"ip": lb1}, {"ip": lb2}]}}),
+                slice_of("fw-self", [world.web[0]])]
+    world.agents.apply("fw-self", fw_self([f"{world.outside.ip}/32"]))
+    for client in (world.outside, world.stranger):
+        world.cluster.add_route(client, f"{lb1}/32", n1.ip)
+    assert landed(world.cluster.probe(world.stranger, lb1, 80, count=1)) == {"error:timeout": 1}, "ranges still apply"
+    # node-1 holds lb1 (a VIP bound on the node) and connects from it to it
+    world.cluster.exec(n1, ["ip", "addr", "add", f"{lb1}/32", "dev", "lo"])
+    try:
+        assert landed(world.cluster.probe(n1, lb1, 80, count=3, bind=lb1)) == {"web-1": 3}
+        # a LAN host sending from the Service's other LB address (as after SNAT to it)
+        add_addresses(world.cluster, world.stranger, world.stranger.lan_ifname, [lb2])
+        world.cluster.add_route(n1, f"{lb2}/32", world.stranger.ip)  # replies to lb2 go back to it
+        assert landed(world.cluster.probe(world.stranger, lb1, 80, count=3, bind=lb2)) == {"web-1": 3}
+        # ranges that hold the LB addresses already: merged, not refused by the kernel as overlapping
+        world.agents.apply("fw-self", fw_self([f"{world.outside.ip}/32", "198.18.0.208/29", "198.18.0.212/30"]))
+        assert landed(world.cluster.probe(world.stranger, lb1, 80, count=2, bind=lb2)) == {"web-1": 2}
+        assert landed(world.cluster.probe(world.stranger, lb1, 80, count=1)) == {"error:timeout": 1}
+        assert landed(world.cluster.probe(world.outside, lb1, 80, count=2)) == {"web-1": 2}
+    finally:
+        world.cluster.exec(n1, ["ip", "addr", "del", f"{lb1}/32", "dev", "lo"])
+        world.agents.delete("fw-self")
+
+
 def test_terminating_endpoints_and_publish_not_ready(world: World) -> None:
     terminating = {"ready": False, "serving": True, "terminating": True}
     world.agents.apply("term", [svc("term", "198.19.1.6"),

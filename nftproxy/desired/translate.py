@@ -16,6 +16,7 @@ Frontends and where they go (per family):
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -154,6 +155,14 @@ def affinity_record_chain(family: int, timeout: int, names: _AffinityNames = AFF
                  f"sessionAffinity ClientIP, {kind}timeout {timeout}s")
 
 
+@lru_cache(maxsize=4096)
+def allowed_sources(ranges: tuple[str, ...], lb_ips: tuple[str, ...]) -> tuple[str, ...]:
+    """loadBalancerSourceRanges plus the Service's own LB addresses (as upstream: a node that reaches
+    the LB from that address, e.g. SNATted to it), merged: the kernel refuses overlapping intervals."""
+    networks = [ipaddress.ip_network(r, strict=False) for r in ranges] + [ipaddress.ip_network(a) for a in lb_ips]
+    return tuple(str(n) for n in ipaddress.collapse_addresses(networks))
+
+
 def port_comment(svc: Service, port: ServicePort) -> str:
     """namespace/name:port, the label every element of a Service port carries in `nft list ruleset`."""
     return f"{svc.ref}:{port.name or port.port}"
@@ -255,10 +264,11 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
     chosen = select(svc, port, b.family, slices, b.config.node_name, node_zone)
     external_frontends = [f"{a} . {proto_port}" for a in (*externals, *lb_ips)]
     cluster_key = f"{cluster_ip} . {proto_port}"
-    for address in lb_ips:
-        if ranges:
+    if ranges and lb_ips:
+        allowed = allowed_sources(tuple(ranges), tuple(a for a in svc.load_balancer_ips if (6 if ":" in a else 4) == b.family))
+        for address in lb_ips:
             b.add("firewall-ips", f"{address} . {proto_port}", None, comment)
-            for cidr in ranges:
+            for cidr in allowed:
                 b.add("firewall-allow", f"{address} . {proto_port} . {cidr}", None, comment)
     if not chosen.any_endpoints:
         for key in (cluster_key, *external_frontends):
