@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from types import SimpleNamespace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from e2e.netns.cluster import _owner_tag
 from nftproxy.agent.proxier import Proxier
 from nftproxy.bench import original_addresses, service_object, slice_object
 from nftproxy.config import ProxyConfig
+from nftproxy.desired.elements import Element
 from nftproxy.desired.skeleton import FAMILY, TABLE, skeleton_text
+from nftproxy.diff.rebuild import Rebuilt, rebuild_script
 from nftproxy.kernel import KernelError, StreamingKernel
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.kernel.nft import NftablesKernel
@@ -82,6 +85,18 @@ def test_stream_is_one_block_holding_every_element_once() -> None:
     statements = _items(r"add element \S+ \S+ \S+ \{\n(.*?)\n\}",
                         world(Proxier(CONFIG, FakeKernel()), 50, 4).compute().transaction.render())
     assert streamed == statements and len(streamed) > 250
+
+
+def test_a_chains_entries_are_streamed_with_it() -> None:
+    """Verdict elements a chain carries (leading to it) go into the block right after the chain."""
+    block = table_block(skeleton_text(), FAMILY, TABLE)
+    target = next(name for name, declaration in block.declarations.items() if declaration.startswith("map "))
+    entry = Element(target, "198.19.0.9 . tcp . 80", "goto lb-extra", None)
+    chain = SimpleNamespace(name="lb-extra", rules=("accept",), comment=None, maps=(), entries=(entry,))
+    text = "".join(rebuild_script([("a", [], [chain])], Rebuilt(), block, f"{FAMILY} {TABLE}"))
+    after_chain = text[text.index("\tchain lb-extra {"):]
+    assert re.match(r"\tchain lb-extra \{\n\t\taccept\n\t\}\n\t" + re.escape(block.declarations[target])
+                    + r"\n\t\telements = \{\n\t198\.19\.0\.9 \. tcp \. 80 : goto lb-extra\n", after_chain), after_chain[:300]
 
 
 # --- against the kernel, in a throwaway namespace -----------------------------------------------------

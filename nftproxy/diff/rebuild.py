@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..desired.elements import Chain, Element
 from ..transaction.block import FOOTER, HEADER_TEMPLATE, TableBlock, chain_block, elements_block
-from ..transaction.transaction import ELEMENTS_PER_STATEMENT, quote_comment
+from ..transaction.transaction import ELEMENTS_PER_STATEMENT, quote_comment, render_element
 from .plan import Claims, Conflict
 
 Owned = Iterable[tuple[str, Iterable[Element], Iterable[Chain]]]
@@ -36,7 +36,7 @@ class Rebuilt:
     conflicts: list[Conflict] = field(default_factory=list)
 
 
-def rebuild_pass(owned: Owned, out: Rebuilt) -> Iterator[Chain | tuple[str, str]]:
+def rebuild_pass(owned: Owned, out: Rebuilt) -> Iterator[Chain | tuple[str, str]]:  # a chain is no tuple
     """Claim and render everything into `out`; yield each new chain, and (set, items) batches.
 
     `owned` must come in owner order (sorted owner strings): the first claim of a key wins. Items of
@@ -97,7 +97,7 @@ def rebuild(owned: Owned, target: str) -> Rebuilt:
     out = Rebuilt()
     batches: dict[str, list[str]] = {}
     for item in rebuild_pass(owned, out):
-        if not isinstance(item, Chain):
+        if isinstance(item, tuple):  # a batch of a set's elements (else a chain)
             batches.setdefault(item[0], []).append(item[1])
     out.element_text = {name: f"\n}}\nadd element {target} {name} {{\n\t".join(parts) for name, parts in batches.items()}
     return out
@@ -112,9 +112,14 @@ def rebuild_script(owned: Owned, out: Rebuilt, skeleton: TableBlock, target: str
     yield HEADER_TEMPLATE.format(target=target)
     yield skeleton.body
     for item in rebuild_pass(owned, out):
-        if isinstance(item, Chain):
+        if not isinstance(item, tuple):  # a chain
             declarations.update((name, f"map {name} {{ {body}") for name, body in item.maps)
             yield chain_block(item)
+            entries: dict[str, list[str]] = {}  # the verdict elements that lead to it, if chains carry them
+            for el in getattr(item, "entries", ()):
+                entries.setdefault(el.set, []).append(render_element(el, with_values=True))
+            for set_name, items in entries.items():
+                yield elements_block(declarations[set_name], ",\n\t".join(items))
         else:
             set_name, items = item
             if set_name not in declarations:
