@@ -29,7 +29,7 @@ Trial = tuple[str, str, float, float]  # dead node, successor, seconds until flo
 
 
 def one_failover(world: LBWorld, ip: str, give_up: float = 15.0, watch: float = 2.5) -> Trial:
-    """Kill the announcer of `ip`; returns (dead node, new announcer, seconds from the link going down until
+    """Kill the announcer of `ip`; returns (dead node, new announcer, seconds from its death until
     connections succeeded again, share of the connections started 1 s or later after it that failed).
     The share says whether connections balanced to the dead node's endpoint keep failing (one in three
     here, until Kubernetes marks the endpoint not ready; none with --lb-avoid-dead-node-endpoints)."""
@@ -39,9 +39,11 @@ def one_failover(world: LBWorld, ip: str, give_up: float = 15.0, watch: float = 
     victim = world.cluster.node(answering[0])
     prober = Prober(world, ip, duration=give_up + 5)
     time.sleep(0.3)  # the prober is up and succeeding
-    kill(world.agent(victim.name))
+    # The node dies: its link first (heartbeats and ARP answers stop leaving it), then its agent. Timed
+    # from before the link command, so the figure includes that command's own latency (conservative).
+    moment = time.monotonic()
     set_link(world, victim, up=False)
-    moment = time.monotonic()  # until the link goes, the node's kernel still forwards: no outage yet
+    kill(world.agent(victim.name))
     deadline = moment + give_up
     while time.monotonic() < deadline:
         time.sleep(0.1)
