@@ -154,3 +154,16 @@ def test_a_leaving_node_answering_during_its_hand_over_is_no_split_brain() -> No
     successor.conflict("eth0", IP, "02:00:00:00:00:01", WINNER, other_leaving=True)
     assert successor.update() == {"eth0": frozenset({IP})} and responder.reannounced == ["eth0"]
     assert successor.stats.conflicts == 0 and not [e for e in events.recorded if e[0] == "AnnouncementConflict"]
+
+
+def test_a_deleted_slice_takes_its_local_endpoints_with_it() -> None:
+    view = view_with_service(local=True)
+    speaker, _, _ = speaker_for(OTHER, view)
+    speaker.set_committed(WEB, [IP])
+    speaker.set_live(frozenset(NODES))
+    view.upsert({"kind": "EndpointSlice", "metadata": {"name": "web-1", "namespace": "default",
+                                                        "labels": {"kubernetes.io/service-name": "web"}},
+                 "endpoints": [{"addresses": ["10.0.0.5"], "nodeName": OTHER}]})  # ready unset: ready
+    assert speaker.update() == {"eth0": frozenset({IP})}
+    view.delete("EndpointSlice", "default", "web-1")
+    assert speaker.update() == {} and speaker.decisions[WEB].node is None

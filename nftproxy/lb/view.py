@@ -14,7 +14,7 @@ from typing import Any
 
 from ..objects.model import ObjectRef
 from ..objects.addresses import parse_ip
-from ..objects.parse import InvalidObject, object_ref, parse_endpoint_slice
+from ..objects.parse import SERVICE_NAME_LABEL, InvalidObject, object_ref
 from .announce import AnnouncedService, NodeInfo
 from .model import AddressPool, L2Advertisement
 from .parse import (
@@ -67,6 +67,7 @@ class ClusterView:
         self.nodes: dict[str, NodeInfo] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.ready_nodes: dict[ObjectRef, dict[ObjectRef, frozenset[str]]] = {}  # service -> slice -> nodes
+        self._slice_service: dict[ObjectRef, ObjectRef] = {}  # slice -> its Service
         # Services that stopped being ours: free their addresses; the object when it still exists
         # (its type changed), so a status we wrote can be cleared
         self.released: dict[ObjectRef, Mapping[str, Any] | None] = {}
@@ -103,10 +104,10 @@ class ClusterView:
                 self.changes.services.add(ref)
             self.ready_nodes.pop(ref, None)
         elif kind == "EndpointSlice":
-            for service, slices in self.ready_nodes.items():
-                if slices.pop(ObjectRef(namespace, name), None) is not None:
-                    self.changes.services.add(service)
-                    break
+            slice_ref = ObjectRef(namespace or "default", name)
+            service = self._slice_service.pop(slice_ref, None)
+            if service is not None and self.ready_nodes.get(service, {}).pop(slice_ref, None) is not None:
+                self.changes.services.add(service)
         elif kind == "Node":
             if self.nodes.pop(name, None) is not None:
                 self.changes.everything = True
@@ -130,17 +131,30 @@ class ClusterView:
             self.changes.services.add(ref)
 
     def _upsert_slice(self, obj: Mapping[str, Any]) -> None:
-        try:
-            parsed = parse_endpoint_slice(obj)
-        except InvalidObject:
-            return  # the proxier reports it
-        if parsed is None:
+        """Only which nodes hold a ready endpoint (eTP Local): read directly, not through the full parse
+        the proxier already does for every slice. A slice the proxier refuses is its to report."""
+        meta = obj.get("metadata")
+        labels = meta.get("labels") if isinstance(meta, Mapping) else None
+        service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
+        if not isinstance(service, str) or not service:
             return
-        nodes = frozenset(e.node_name for e in parsed.endpoints if e.ready and e.node_name)
-        slices = self.ready_nodes.setdefault(parsed.service, {})
-        if slices.get(parsed.ref) != nodes:
-            slices[parsed.ref] = nodes
-            self.changes.services.add(parsed.service)
+        ref = object_ref(obj)
+        nodes: set[str] = set()
+        endpoints = obj.get("endpoints")
+        for endpoint in endpoints if isinstance(endpoints, list) else ():
+            if not isinstance(endpoint, Mapping):
+                continue
+            conditions = endpoint.get("conditions")
+            ready = conditions.get("ready") if isinstance(conditions, Mapping) else None
+            node = endpoint.get("nodeName")
+            if ready is not False and isinstance(node, str) and node:  # nil ready means ready (API docs)
+                nodes.add(node)
+        owner = ObjectRef(ref.namespace, service)
+        self._slice_service[ref] = owner
+        slices = self.ready_nodes.setdefault(owner, {})
+        if slices.get(ref) != nodes:
+            slices[ref] = frozenset(nodes)
+            self.changes.services.add(owner)
 
     def _upsert_node(self, obj: Mapping[str, Any]) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "")
