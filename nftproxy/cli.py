@@ -220,10 +220,16 @@ def cmd_cleanup_kube_proxy() -> int:
     from .kernel.kube_proxy import remove_kube_proxy_leftovers
     from .kernel.nft import NftablesKernel
 
-    removed = remove_kube_proxy_leftovers(NftablesKernel().delete_foreign_table)
-    for line in removed:
+    result = remove_kube_proxy_leftovers(NftablesKernel().delete_foreign_table)
+    for line in result.removed:
         log.info("removed %s", line)
-    if not removed:
+    for line in result.failed:
+        log.error("could not remove %s", line)
+    if result.failed:
+        log.error("kube-proxy's rules are NOT all gone: %d step(s) failed (above); do not start nftproxy "
+                  "on this node until they are", len(result.failed))
+        return 1
+    if not result.removed:
         log.info("nothing of kube-proxy's was left on this node")
     return 0
 

@@ -8,13 +8,11 @@ into one `iptables-restore --noflush` script per family, which the kernel applie
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import subprocess
 from collections.abc import Callable
-
-log = logging.getLogger("nftproxy.kube-proxy")
+from dataclasses import dataclass, field
 
 KUBELET_CHAINS = frozenset({"KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-FIREWALL", "KUBE-MARK-DROP"})
 _CHAIN_DECL = re.compile(r"^:(\S+) ")
@@ -65,27 +63,46 @@ def _iptables_tools() -> list[tuple[str, str]]:
     return pairs
 
 
-def remove_kube_proxy_leftovers(delete_nft_table: Callable[[str, str], bool]) -> list[str]:
-    """Returns what was removed, one line each; raises nothing for what is simply absent."""
-    removed: list[str] = []
+@dataclass(slots=True)
+class Leftovers:
+    """What a cleanup removed, and what it could not (each with the tool's own reason)."""
+
+    removed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _hint(error: str) -> str:
+    """A failure's remedy where one is known (iptables-legacy needs its lock file writable)."""
+    if "xtables.lock" in error and "Read-only" in error:
+        return (" (iptables-legacy locks /run/xtables.lock: mount the node's /run/xtables.lock into the "
+                "container, as kube-proxy's DaemonSet does, or run this on the node itself)")
+    return ""
+
+
+def remove_kube_proxy_leftovers(delete_nft_table: Callable[[str, str], bool]) -> Leftovers:
+    """Removes what is there; a step that fails is reported in `failed` and the others still run."""
+    out = Leftovers()
     for family in ("ip", "ip6"):
         try:
             if delete_nft_table(family, "kube-proxy"):
-                removed.append(f"nftables table {family} kube-proxy")
+                out.removed.append(f"nftables table {family} kube-proxy")
         except Exception as err:  # noqa: BLE001 - report and go on with the rest
-            log.error("could not delete table %s kube-proxy: %s", family, err)
+            out.failed.append(f"nftables table {family} kube-proxy: {err}")
     for save, restore in _iptables_tools():
+        tool = save.replace("-save", "")
         saved = subprocess.run([save], capture_output=True, text=True)
         if saved.returncode != 0:
-            log.warning("%s failed: %s", save, saved.stderr.strip())
+            out.failed.append(f"{tool}: cannot read its rules ({save}: {saved.stderr.strip()})")
             continue
         script = cleanup_script(saved.stdout)
         if not script:
             continue
+        chains = [line[3:] for line in script.splitlines() if line.startswith("-X ")]
         proc = subprocess.run([restore, "--noflush"], input=script, capture_output=True, text=True)
         if proc.returncode != 0:
-            log.error("%s failed: %s", restore, proc.stderr.strip())
+            error = proc.stderr.strip()
+            out.failed.append(f"{tool}: {len(chains)} KUBE-* chain(s) ({', '.join(chains[:5])}"
+                              f"{', ...' if len(chains) > 5 else ''}) left in place: {error}{_hint(error)}")
             continue
-        chains = [line[3:] for line in script.splitlines() if line.startswith("-X ")]
-        removed.append(f"{save.replace('-save', '')}: {len(chains)} KUBE-* chain(s)")
-    return removed
+        out.removed.append(f"{tool}: {len(chains)} KUBE-* chain(s)")
+    return out
