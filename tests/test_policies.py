@@ -289,7 +289,6 @@ def test_session_affinity_timeout_releases_clients(world: World) -> None:
     world.cluster.add_route(world.outside, "198.19.1.12/32", n1.ip)
     sources = [f"198.18.0.{60 + i}" for i in range(12)]
     add_addresses(world.cluster, world.outside, world.outside.lan_ifname, sources)
-    sticky_endpoints(world.cluster, world.outside, sources, [(n1.ip, 30081)])
     assert_released(world.cluster, world.outside, sources, [(n1.ip, 30081), ("198.19.1.12", 80)], 2)
     world.agents.delete("short")
 
