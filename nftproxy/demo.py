@@ -511,10 +511,12 @@ class Demo:
                 picked.append((note, blocks[name]))
                 note = ""
 
-        pick("every new connection to a Service: its frontend (address . protocol . port) picks a chain",
+        pick("every new connection to a Service: its frontend (address . protocol . port) picks a class, "
+             "the class a chain",
              lambda n: n == "chain services")
         pick("ClusterIPs, externalIPs and LoadBalancer IPs", lambda n: n == "map service-ips-v4")
         pick("NodePorts, on any local address", lambda n: n == "map service-nodeports-v4")
+        pick("the class found there -> its chain", lambda n: n == "map classes")
         pick("one chain per kind and endpoint count, shared by all such Services: mark for masquerade "
              "(not for pod sources of ClusterIPs), then DNAT to a random endpoint",
              lambda n: n.startswith("chain lb-"))

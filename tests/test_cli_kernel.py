@@ -103,7 +103,7 @@ def test_dry_run_prints_the_transaction_and_applies_nothing(netns: str, tmp_path
         service("web", "198.19.0.10", namespace="shop"), endpoint_slice("web", ["198.18.129.2"], namespace="shop")]}))
     result = nftproxy(netns, "run", "--manifests", str(manifest), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert 'comment "shop/web:http" : goto lb-cluster-v4-1' in result.stdout
+    assert 'comment "shop/web:http" : 4100:1' in result.stdout
     assert "delete table inet nftproxy" in result.stdout
     assert nft(netns, "list", "tables").strip() == ""
     # and the printed transaction is exactly what the kernel accepts

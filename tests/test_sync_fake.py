@@ -9,6 +9,7 @@ import pytest
 
 from nftproxy.agent.proxier import Proxier
 from nftproxy.config import ProxyConfig
+from nftproxy.desired.skeleton import class_id, skeleton_text
 from nftproxy.kernel import KernelError
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.objects.model import ObjectRef
@@ -31,13 +32,16 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
     proxier.upsert(service("empty", "198.19.0.11", [{"name": "dns", "port": 53, "protocol": "UDP"}], namespace="shop"))
     proxier.sync()
     assert kernel.dump() == sorted([
+        "chain lb-cluster-v4-2 meta priority set none",
         "chain lb-cluster-v4-2 ip saddr != 198.18.128.0/17 meta mark set meta mark | 0x00004000",
         "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-cluster-v4-2",
         "chain lb-cluster-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
         "chain lb-external-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
+        "chain lb-external-v4-2 meta priority set none",
         "chain lb-external-v4-2 meta mark set meta mark | 0x00004000",
         "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-external-v4-2",
         "chain lb-nodeport-v4-2 meta l4proto . th dport @affinity-nodeport-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . meta l4proto . th dport map @affinity-nodeports-v4",
+        "chain lb-nodeport-v4-2 meta priority set none",
         "chain lb-nodeport-v4-2 meta mark set meta mark | 0x00004000",
         "chain lb-nodeport-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport . numgen random mod 2 map @backends-nodeport-v4-2",
         'element backends-cluster-v4-2 198.19.0.10 . tcp . 80 . 0 comment "shop/web:http" : 198.18.129.2 . 8080',
@@ -46,18 +50,21 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
         'element backends-external-v4-2 198.18.0.150 . tcp . 80 . 1 comment "shop/web:http" : 198.18.129.3 . 8080',
         'element backends-nodeport-v4-2 tcp . 30080 . 0 comment "shop/web:http" : 198.18.129.2 . 8080',
         'element backends-nodeport-v4-2 tcp . 30080 . 1 comment "shop/web:http" : 198.18.129.3 . 8080',
+        "element classes 4100:2 : goto lb-cluster-v4-2",
+        "element classes 4200:2 : goto lb-external-v4-2",
+        "element classes 4500:2 : goto lb-nodeport-v4-2",
         'element cluster-ips-v4 198.19.0.10 comment "shop/web"',
         'element cluster-ips-v4 198.19.0.11 comment "shop/empty"',
         "element hairpin-v4 198.18.129.2 . 198.18.129.2",
         "element hairpin-v4 198.18.129.3 . 198.18.129.3",
-        'element no-endpoint-services-v4 198.19.0.11 . udp . 53 comment "shop/empty:dns" : goto reject-chain',
+        'element no-endpoint-services-v4 198.19.0.11 . udp . 53 comment "shop/empty:dns"',
         "element cluster-cidrs-v4 198.18.128.0/17",
         "element nodeport-cidrs-v4 0.0.0.0/0",
         "element nodeport-cidrs-v6 ::/0",
         "element service-cidrs-v4 198.19.0.0/16",
-        'element service-ips-v4 198.18.0.150 . tcp . 80 comment "shop/web:http" : goto lb-external-v4-2',
-        'element service-ips-v4 198.19.0.10 . tcp . 80 comment "shop/web:http" : goto lb-cluster-v4-2',
-        'element service-nodeports-v4 tcp . 30080 comment "shop/web:http" : goto lb-nodeport-v4-2',
+        'element service-ips-v4 198.18.0.150 . tcp . 80 comment "shop/web:http" : 4200:2',
+        'element service-ips-v4 198.19.0.10 . tcp . 80 comment "shop/web:http" : 4100:2',
+        'element service-nodeports-v4 tcp . 30080 comment "shop/web:http" : 4500:2',
     ])
 
 
@@ -91,8 +98,8 @@ def test_one_service_change_costs_the_same_at_any_size(size: int) -> None:
     proxier.delete("Service", "default", "svc-7")
     deleted = proxier.sync()
     # Exact counts, independent of `size`: one backend replaced (delete + add) and its new hairpin entry;
-    # a new Service's frontend, backend, cluster IP and (first of its kind) lb chain; a deleted Service's
-    # frontend, three backends and cluster IP (hairpin entries are shared with other Services).
+    # a new Service's frontend, backend, cluster IP and (first of its kind) lb chain with its class; a
+    # deleted Service's frontend, three backends and cluster IP (hairpin entries are shared with other Services).
     assert (changed.operations, added.operations, deleted.operations) == (3, 4, 5)
     assert changed.services_synced == added.services_synced == deleted.services_synced == 1
 
@@ -114,6 +121,10 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
             extra["status"] = {"loadBalancer": {"ingress": [{"ip": f"198.18.0.{200 + rng.randrange(3)}"}]}}
             if rng.random() < 0.5:
                 extra["loadBalancerSourceRanges"] = rng.sample(["198.18.0.0/24", "198.18.0.101/32", "198.18.0.200/30"], 2)
+        if svc_type != "ClusterIP" and rng.random() < 0.3:
+            extra["externalTrafficPolicy"] = "Local"
+        if rng.random() < 0.2:
+            extra["internalTrafficPolicy"] = "Local"
         if rng.random() < 0.3:
             extra["sessionAffinity"] = "ClientIP"
             extra["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": rng.choice([10, 60])}}
@@ -124,6 +135,7 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
         addrs = [f"198.18.{129 + rng.randrange(2)}.{rng.randrange(2, 8)}" if fam == "IPv4" else f"2001:db8:1::{rng.randrange(2, 8):x}"
                  for _ in range(rng.randrange(0, 5))]
         proxier.upsert(endpoint_slice(name, addrs, name=f"{name}-{fam.lower()}-{rng.randrange(2)}", address_type=fam,
+                                      node=rng.choice([None, "node-1", "node-2"]),
                                       ports=[{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]))
     elif roll < 0.9:
         proxier.delete("Service", "default", name)
@@ -145,6 +157,14 @@ def test_incremental_syncs_always_equal_a_fresh_rebuild(seed: int) -> None:
             reference.upsert(obj)
         reference.sync()
         assert kernel.dump() == ref_kernel.dump(), f"seed {seed} step {step}"
+
+
+def test_static_classes_in_the_skeleton_are_the_ones_translation_uses() -> None:
+    text = skeleton_text()
+    for family in (4, 6):
+        for kind in ("external-local", "nodeport-local"):
+            assert f"{class_id(kind, family)} : goto {kind}-v{family}" in text
+        assert text.count(f"{class_id('drop', family)} : drop") == 2, "in @classes and @local-classes"
 
 
 def _current_objects(proxier: Proxier) -> list[dict]:
@@ -220,7 +240,7 @@ def test_broken_objects_cost_nobody_else_their_rules(caplog: pytest.LogCaptureFi
     assert "Service team/wrong-family: spec.clusterIPs[0]: 198.19.0.12 is not an IPv6 address" in caplog.text
     assert "EndpointSlice default/good-broken: endpoints[0].addresses[0]" in caplog.text
     dump = kernel.dump()
-    assert 'element service-ips-v4 198.19.0.10 . tcp . 80 comment "default/good:http" : goto lb-cluster-v4-1' in dump
+    assert 'element service-ips-v4 198.19.0.10 . tcp . 80 comment "default/good:http" : 4100:1' in dump
     assert not any("team/" in line for line in dump)
     assert ObjectRef("default", "good") in proxier.services
 
@@ -239,22 +259,25 @@ def test_affinity_covers_every_frontend() -> None:
     frontends = ["198.18.0.150 . tcp . 80", "198.18.0.200 . tcp . 80", "198.19.0.10 . tcp . 80"]
     assert affinity == sorted(
         [f"element affinity-frontends-v4 {f}" for f in frontends]
-        + [f"element affinity-services-v4 {f} : jump affinity-record-v4-60" for f in frontends]
+        + [f"element affinity-services-v4 {f} : 4800:3c" for f in frontends]
         + [f"element affinity-valid-v4 {f} . 198.18.129.2 . 8080" for f in frontends]
         + ["element affinity-nodeport-frontends-v4 tcp . 30080",
-           "element affinity-nodeport-services-v4 tcp . 30080 : jump affinity-nodeport-record-v4-60",
+           "element affinity-nodeport-services-v4 tcp . 30080 : 4900:3c",
            "element affinity-nodeport-valid-v4 tcp . 30080 . 198.18.129.2 . 8080"]
+        + [f"element affinity-classes {c} : jump {chain}" for c, chain in (
+            ("4800:3c", "affinity-record-v4-60"), ("4900:3c", "affinity-nodeport-record-v4-60"),
+            ("6800:3c", "affinity-record-v6-60"), ("6900:3c", "affinity-nodeport-record-v6-60"))]
         + ["element affinity-frontends-v6 2001:db8:2::10 . tcp . 80",
            "element affinity-ports-v6 2001:db8:2::10 . tcp . 80 : 8080",
-           "element affinity-services-v6 2001:db8:2::10 . tcp . 80 : jump affinity-record-v6-60",
+           "element affinity-services-v6 2001:db8:2::10 . tcp . 80 : 6800:3c",
            "element affinity-valid-v6 2001:db8:2::10 . tcp . 80 . 2001:db8:1::2 . 8080",
            "element affinity-nodeport-frontends-v6 tcp . 30080",
            "element affinity-nodeport-ports-v6 tcp . 30080 : 8080",
-           "element affinity-nodeport-services-v6 tcp . 30080 : jump affinity-nodeport-record-v6-60",
+           "element affinity-nodeport-services-v6 tcp . 30080 : 6900:3c",
            "element affinity-nodeport-valid-v6 tcp . 30080 . 2001:db8:1::2 . 8080"])
     # IPv6 entries hold no port: a frontend whose endpoints listen on different ports is not sticky
     proxier.upsert(endpoint_slice("web", ["2001:db8:1::3"], name="web-v6-b", address_type="IPv6",
                                   ports=[{"name": "http", "port": 9090, "protocol": "TCP"}]))
     proxier.sync()
-    assert not [line for line in kernel.dump() if "element affinity" in line and "-v6 " in line]
+    assert not [line for line in kernel.dump() if "element affinity" in line and "-v6" in line]
     assert any(line.startswith("element affinity-services-v4 ") for line in kernel.dump())

@@ -22,7 +22,8 @@ class Element(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Chain:
-    """A regular (non-base) chain, with the maps only it uses (created before it, deleted after it).
+    """A regular (non-base) chain, with the maps only it uses (created before it, deleted after it) and
+    the verdict elements that lead to it (added right after it, deleted right before it).
 
     Its content is a pure function of its name and the configuration.
     """
@@ -31,6 +32,7 @@ class Chain:
     rules: tuple[str, ...]
     comment: str | None = None
     maps: tuple[tuple[str, str], ...] = ()  # (map name, declaration body)
+    entries: tuple[Element, ...] = ()  # e.g. its class in @classes: `4100:3 : goto lb-cluster-v4-3`
 
 
 @dataclass(frozen=True, slots=True)

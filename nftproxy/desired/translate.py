@@ -3,13 +3,13 @@
 Pure: the same Service, slices, configuration and node always give the same Fragment, so the agent
 can recompute only the Services that changed and diff their fragments against what it committed.
 
-Frontends and where they go (per family):
+Frontends and where they go (per family; each map value is a class, see skeleton.class_id):
 - ClusterIP:            service-ips -> lb-cluster-N (masquerade from outside the cluster CIDR)
 - externalIP / LB IP:   service-ips -> lb-external-N (masquerade), or with externalTrafficPolicy Local
                         -> external-local (static): pods and the node -> lb-short-N (every endpoint),
                         outside clients -> lb-local-N (this node's endpoints, source kept) or drop
 - NodePort:             service-nodeports -> lb-nodeport-N, or nodeport-local with the same split
-- no endpoints at all:  no-endpoint-services / no-endpoint-nodeports -> reject
+- no endpoints at all:  no-endpoint-services / no-endpoint-nodeports (sets) -> reject
 - sessionAffinity:      every frontend is sticky: client . address . port for ClusterIPs, externalIPs
                         and LB IPs, client . NodePort for NodePorts (whichever local address was reached)
 """
@@ -25,9 +25,12 @@ from ..config import ProxyConfig
 from ..objects.model import EndpointSlice, Service, ServicePort
 from .elements import Chain, Element, Fragment
 from .endpoints import Backend, Selection, expand, select
-from .skeleton import MASQUERADE_MARK, REJECT_VERDICT
+from .skeleton import MASQUERADE_MARK, class_id
 
 MARK_FOR_MASQUERADE = f"meta mark set meta mark | {MASQUERADE_MARK}"
+# every chain a class leads to first clears the class from `meta priority` (the packet's own priority
+# is not kept: its first packet goes out with priority 0; IPv4 forwarding resets it anyway)
+CLEAR_CLASS = "meta priority set none"
 _IPX = {4: "ip", 6: "ip6"}
 # lb chain kinds: (keyed by daddr?, masquerade)
 KINDS = {
@@ -39,6 +42,9 @@ KINDS = {
     "nplocal": (False, "never"),
     "npshort": (False, "never"),
 }
+# the dispatch map of each lb chain kind: the externalTrafficPolicy Local chains, reached from @classes,
+# have their own (the kernel refuses a chain that could reach itself)
+KIND_CLASSES = {kind: "local-classes" if kind in ("local", "short", "nplocal", "npshort") else "classes" for kind in KINDS}
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
 
@@ -114,7 +120,7 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
     """A shared load-balancing chain with its own backends map (see rules/nftproxy.nft for why)."""
     ipx = _IPX[family]
     by_daddr, masquerade = KINDS[kind]
-    rules: list[str] = []
+    rules: list[str] = [CLEAR_CLASS]
     if masquerade == "always" or (masquerade == "cluster" and config.masquerade_all):
         rules.append(MARK_FOR_MASQUERADE)
     elif masquerade == "cluster" and config.cluster_cidr(family):
@@ -129,8 +135,9 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
         f"typeof {frontend} . numgen random mod 1 : {ipx} daddr . th dport ; "
         f'comment "{kind} frontend . slot -> endpoint, for {count} slot{plural}" ;'
     )
-    return Chain(lb_chain_name(kind, family, count), tuple(rules), f"{kind} frontends with {count} endpoint slot{plural}",
-                 ((table, declaration),))
+    name = lb_chain_name(kind, family, count)
+    return Chain(name, tuple(rules), f"{kind} frontends with {count} endpoint slot{plural}", ((table, declaration),),
+                 (Element(KIND_CLASSES[kind], class_id(kind, family, count), "goto " + name),))
 
 
 @lru_cache(maxsize=1024)
@@ -140,7 +147,7 @@ def affinity_record_chain(family: int, timeout: int, names: _AffinityNames = AFF
     frontend, key = names.frontend(ipx, original=True), names.key(family, original=True)
     entries, valid, endpoint = f"@{names.entries}-v{family}", f"@{names.valid}-v{family}", f"{ipx} daddr . th dport"
     stored = endpoint if family == 4 else f"{ipx} daddr"  # IPv6: the port is the frontend's (see _HASH)
-    rules = []
+    rules = [CLEAR_CLASS]
     # the client's entry steered this connection to an endpoint that left: expire it, drop, the retry rebalances
     for proto in _PROTOCOLS:
         rules.append(f"meta l4proto {proto} {key} {entries} {frontend} . {endpoint} != {valid} "
@@ -151,8 +158,9 @@ def affinity_record_chain(family: int, timeout: int, names: _AffinityNames = AFF
         rules.append(f"meta l4proto {proto} {frontend} . {endpoint} {valid} "
                      f"update {entries} {{ {key} timeout {timeout}s : {stored} }}")
     kind = "" if names.by_daddr else "NodePorts, "
-    return Chain(f"{names.record_chain}-v{family}-{timeout}", tuple(rules),
-                 f"sessionAffinity ClientIP, {kind}timeout {timeout}s")
+    name = f"{names.record_chain}-v{family}-{timeout}"
+    return Chain(name, tuple(rules), f"sessionAffinity ClientIP, {kind}timeout {timeout}s",
+                 entries=(Element("affinity-classes", class_id(names.record_chain, family, timeout), "jump " + name),))
 
 
 @lru_cache(maxsize=4096)
@@ -184,15 +192,15 @@ class _Builder:
         self.elements.append(_new(Element, (base + self.v, key, value, comment)))
 
     def balance(self, kind: str, key: str, backends: tuple[Backend, ...], comment: str) -> str:
-        """Backends elements for one frontend; returns the verdict that sends it to them."""
+        """Backends elements for one frontend; returns the class that sends it to them."""
         values = expand(backends)
         if not values:
-            return "drop"
+            return class_id("drop", self.family)
         chain = lb_chain(kind, self.family, len(values), self.config)
         self.chains.add(chain)
         table = chain.maps[0][0]
         self.elements.extend([_new(Element, (table, f"{key} . {i}", value, comment)) for i, value in enumerate(values)])
-        return "goto " + chain.name
+        return chain.entries[0].key
 
 
 def service_fragment(svc: Service, slices: Iterable[EndpointSlice], config: ProxyConfig,
@@ -251,7 +259,7 @@ def _external(b: _Builder, names: _ExternalNames, key: str, local_policy: bool, 
     if not local_policy:
         b.add(names.entry, key, b.balance(names.cluster_kind, key, chosen.all, comment), comment)
         return
-    b.add(names.entry, key, f"goto {names.local_chain}{b.v}", comment)
+    b.add(names.entry, key, class_id(names.local_chain, b.family), comment)
     b.add(names.short_map, key, b.balance(names.short_kind, key, chosen.all, comment), comment)
     b.add(names.local_map, key, b.balance(names.local_kind, key, chosen.local, comment), comment)
 
@@ -272,9 +280,9 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
                 b.add("firewall-allow", f"{address} . {proto_port} . {cidr}", None, comment)
     if not chosen.any_endpoints:
         for key in (cluster_key, *external_frontends):
-            b.add("no-endpoint-services", key, REJECT_VERDICT, comment)
+            b.add("no-endpoint-services", key, None, comment)
         if port.node_port:
-            b.add("no-endpoint-nodeports", f"{port.protocol} . {port.node_port}", REJECT_VERDICT, comment)
+            b.add("no-endpoint-nodeports", f"{port.protocol} . {port.node_port}", None, comment)
         return
 
     b.add("service-ips", cluster_key, b.balance("cluster", cluster_key, chosen.cluster, comment), comment)
@@ -297,14 +305,14 @@ def _affinity(b: _Builder, names: _AffinityNames, frontends: list[tuple[str, tup
               comment: str) -> None:
     """Frontends of a sessionAffinity Service: sticky, recorded with its timeout, valid for its endpoints."""
     record = affinity_record_chain(b.family, timeout, names)
-    b.chains.add(record)
     for key, backends in frontends:
         if b.family == 6:
             ports = {backend.port for backend in backends}
             if len(ports) != 1:
                 continue  # an IPv6 entry holds no port (see _HASH): endpoints on different ports are not sticky
             b.add(names.ports, key, str(ports.pop()), comment)
-        b.add(names.services, key, "jump " + record.name, comment)
+        b.chains.add(record)
+        b.add(names.services, key, record.entries[0].key, comment)
         b.add(names.frontends, key, None, comment)
         for backend in backends:
             b.add(names.valid, f"{key} . {backend.value}", None, comment)

@@ -60,10 +60,12 @@ class Transaction:
             comment = f" {{ comment {quote_comment(chain.comment)} ; }}" if chain.comment else ""
             out.append(f"add chain {target} {chain.name}{comment}\n")
             out.extend(f"add rule {target} {chain.name} {rule}\n" for rule in chain.rules)
+            out.extend(_element_statements("add", target, chain.entries, with_values=True))
         out.extend(_element_statements("delete", target, self.delete_elements, with_values=False))
         out.extend(_element_statements("add", target, self.add_elements, with_values=True))
         out.extend(f"add element {target} {name} {{\n\t{text}\n}}\n" for name, text in sorted(self.rendered_elements.items()))
         for chain in sorted(self.delete_chains, key=lambda c: c.name):
+            out.extend(_element_statements("delete", target, chain.entries, with_values=False))
             out.append(f"delete chain {target} {chain.name}\n")
             out.extend(f"delete map {target} {name}\n" for name, _ in chain.maps)
         return "".join(out)
