@@ -230,8 +230,11 @@ def _write_rebuild(proxier: Any, path: Path) -> int:
 
 
 def cold_repeats(n: int) -> int:
-    """Cold syncs (and nft -f runs) per count, interleaved; the medians are compared."""
-    return 3
+    """Cold starts and cold syncs (and nft -f runs) per count, interleaved; the medians are compared.
+
+    NFTPROXY_BENCH_RUNS overrides it (`--runs`): on a shared machine more runs steady the medians.
+    """
+    return int(os.environ.get("NFTPROXY_BENCH_RUNS") or 3)
 
 
 def peak_rss_kib(argv: Sequence[str], stdin: Path | None = None) -> tuple[int, str]:
@@ -1031,6 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", help="write cProfile stats of the cold sync and the changes to this directory")
     p.add_argument("--tracemalloc", action="store_true", help="report what the steady state holds (slow)")
     p.add_argument("--baseline", help="another checkout of nftproxy whose cold start runs side by side (before/after)")
+    p.add_argument("--runs", type=int, help="interleaved runs of each cold start, cold sync and nft -f (default 3)")
     p.add_argument("--mix", choices=("plain", "policies"), default="plain",
                    help="plain: ClusterIPs only; policies: a quarter each NodePort, eTP Local LoadBalancer with "
                         "source ranges, ClientIP affinity with an externalIP, iTP Local; half the endpoints local")
@@ -1041,6 +1045,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.mix == "policies":
         os.environ["NFTPROXY_BENCH_MIX"] = "policies"
+    if args.runs:
+        os.environ["NFTPROXY_BENCH_RUNS"] = str(max(1, args.runs))  # the measuring process inherits it
     if args.inside:
         return inside_main(args)
     extra: list[str] = []
