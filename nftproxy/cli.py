@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--changes", type=int, default=50, help="one-Service changes measured per kind")
     bench.add_argument("--output", help="also write the results as Markdown to this file")
     bench.add_argument("--log-format", choices=("plain", "json"), default="plain")
+
+    from .ops.commands import add_parsers  # explain, status
+
+    add_parsers(sub)
     return parser
 
 
@@ -188,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args, settings)
         if args.command == "cleanup":
             return cmd_cleanup_kube_proxy() if args.kube_proxy else cmd_cleanup()
+        if args.command in ("explain", "status"):
+            from .ops.commands import run as run_ops
+
+            return run_ops(args)
         if args.command == "demo":
             from .demo import run_demo
 

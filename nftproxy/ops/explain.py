@@ -1,0 +1,323 @@
+"""`nftproxy explain DEST`: what this node's rules do with a new connection, read from the kernel.
+
+Pure over a `TableView`: the packet path of rules/nftproxy.nft replayed against the kernel's own maps
+(firewall-check, then the services chain's lookups and the lb chain's slots, then the filter checks),
+so the answer is what the kernel holds now, not what the agent meant to write. Without `--from` the
+answer is given for each kind of source that is treated differently (pods, this node, other hosts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from ipaddress import ip_address, ip_network
+
+from .layout import AFFINITY_IPS, AFFINITY_NODEPORTS, EXTERNAL_IPS, NODE_PORTS, affinity_timeout, lb_chain, set_name
+from .view import TableView
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+class BadDestination(ValueError):
+    """DEST or --from is not an address (and port) nftproxy could have rules for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    dest: str
+    port: int
+    proto: str = "tcp"
+    source: str | None = None
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.dest else 4
+
+
+def parse_packet(dest: str, proto: str = "tcp", source: str | None = None) -> Packet:
+    """DEST is `IP:PORT` or `[IPv6]:PORT`; addresses made canonical, as the maps hold them."""
+    text = dest.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    try:
+        address = ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise BadDestination(f"{dest!r}: expected IP:PORT, or [IPv6]:PORT") from None
+    if not 0 < number < 65536:
+        raise BadDestination(f"{dest!r}: port out of range")
+    if proto not in PROTOCOLS:
+        raise BadDestination(f"--proto {proto!r}: expected one of {', '.join(PROTOCOLS)}")
+    src = None
+    if source is not None:
+        try:
+            parsed = ip_address(source.strip())
+        except ValueError:
+            raise BadDestination(f"--from {source!r}: not an IP address") from None
+        if parsed.version != address.version:
+            raise BadDestination(f"--from {source}: IPv{parsed.version} source for an IPv{address.version} destination")
+        src = str(parsed)
+    return Packet(str(address), number, proto, src)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    address: str
+    port: int
+    probability: float
+    slots: int  # how many of the lb chain's slots it holds (its weight)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happens to a new connection from one kind of source."""
+
+    source: str
+    verdict: str  # dnat (to one of `endpoints`), reject, drop, accept (not ours: left alone)
+    masquerade: bool
+    endpoints: tuple[Candidate, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    destination: str
+    protocol: str
+    source: str | None
+    service: str | None  # namespace/name:port from the element's comment
+    path: str | None  # ClusterIP, NodePort, externalIP, LoadBalancer, "externalIP or LoadBalancer"
+    outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    label: str
+    address: str | None
+    pod: bool  # in --cluster-cidr (cluster-cidrs set)
+    local: bool  # one of this node's addresses
+
+
+def _contains(ranges: list[str], address: str) -> bool:
+    ip = ip_address(address)
+    for text in ranges:
+        if "-" in text:
+            first, last = (ip_address(x) for x in text.split("-", 1))
+            if first.version == ip.version and first <= ip <= last:  # type: ignore[operator]
+                return True
+        elif ip in ip_network(text, strict=False):
+            return True
+    return False
+
+
+def _sources(view: TableView, pkt: Packet) -> list[_Source]:
+    cidrs = [text for text, _ in view.keys(set_name("cluster-cidrs", pkt.family))]
+    if pkt.source is not None:
+        return [_Source(pkt.source, pkt.source, bool(cidrs) and _contains(cidrs, pkt.source),
+                        view.is_local(pkt.source))]
+    pods = f"pods ({', '.join(cidrs)})" if cidrs else "pods"
+    return [_Source(pods, None, True, False), _Source("this node", None, False, True),
+            _Source("other hosts", None, False, False)]
+
+
+def explain(view: TableView, pkt: Packet) -> Explanation:
+    f = pkt.family
+    key = [pkt.dest, pkt.proto, str(pkt.port)]
+    sources = _sources(view, pkt)
+    firewall: list[str] | None = None
+    if view.get(set_name("firewall-ips", f), key) is not None:
+        prefix = " . ".join(key) + " . "
+        firewall = [text[len(prefix):] for text, _ in view.keys(set_name("firewall-allow", f), key)
+                    if text.startswith(prefix)]
+
+    hit = view.get(set_name("service-ips", f), key)
+    frontend, names = key, EXTERNAL_IPS
+    if hit is not None:
+        if view.get(set_name("cluster-ips", f), [pkt.dest]) is not None:
+            path = "ClusterIP"
+        else:
+            path = "LoadBalancer" if firewall is not None else "externalIP or LoadBalancer"
+    elif _nodeport_address(view, pkt):
+        frontend, names, path = [pkt.proto, str(pkt.port)], NODE_PORTS, "NodePort"
+        hit = view.get(set_name("service-nodeports", f), frontend)
+    if hit is not None:
+        verdict, comment = hit
+        outcomes = [_dnat(view, pkt, src, verdict or "", frontend, names, firewall) for src in sources]
+        return Explanation(_dest(pkt), pkt.proto, pkt.source, comment, path, _merge(outcomes))
+    return _unserved(view, pkt, key, sources)
+
+
+def _dest(pkt: Packet) -> str:
+    return f"[{pkt.dest}]:{pkt.port}" if pkt.family == 6 else f"{pkt.dest}:{pkt.port}"
+
+
+def _nodeport_address(view: TableView, pkt: Packet) -> bool:
+    """The services chain's NodePort condition: a local address, not loopback, within nodeport-cidrs."""
+    if ip_address(pkt.dest).is_loopback or not view.is_local(pkt.dest):
+        return False
+    allowed = [text for text, _ in view.keys(set_name("nodeport-cidrs", pkt.family))]
+    return _contains(allowed, pkt.dest)
+
+
+def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: list[str], names: object,
+          firewall: list[str] | None) -> Outcome:
+    f = pkt.family
+    notes: list[str] = []
+    if firewall is not None:
+        ranges = ", ".join(firewall)
+        if src.address is not None and not _contains(firewall, src.address):
+            return Outcome(src.label, "drop", False, notes=(f"source outside loadBalancerSourceRanges ({ranges})",))
+        notes.append(f"loadBalancerSourceRanges: only {ranges} reach it, others are dropped")
+    mark = False
+    local_chain = f"{names.local_chain}-v{f}"  # type: ignore[attr-defined]
+    if verdict == f"goto {local_chain}":
+        if src.pod or src.local:
+            hit = view.get(set_name(names.short_map, f), frontend)  # type: ignore[attr-defined]
+            mark = src.local and not src.pod
+            notes.append("externalTrafficPolicy Local: pods and this node reach every endpoint"
+                         + (" (this node masqueraded)" if mark else ""))
+        else:
+            hit = view.get(set_name(names.local_map, f), frontend)  # type: ignore[attr-defined]
+            notes.append("externalTrafficPolicy Local: outside traffic goes to this node's endpoints only, "
+                         "source kept")
+        verdict = (hit[0] or "") if hit else ""
+        if verdict == "drop":
+            return Outcome(src.label, "drop", False, notes=(*notes, "no endpoint on this node"))
+    chain = lb_chain(verdict)
+    if chain is None:
+        return Outcome(src.label, verdict.split(" ")[0] or "accept", False,
+                       notes=(*notes, f"unexpected verdict {verdict!r} in the frontend map"))
+    masq = view.masquerade(f"lb-{chain.kind}-v{f}-{chain.count}")
+    if masq.unless_from is not None:
+        inside = src.pod if src.address is None else _contains([masq.unless_from], src.address)
+        if not inside:
+            mark = True
+        notes.append(f"masqueraded unless the source is in {masq.unless_from}")
+    elif masq.always:
+        mark = True
+    endpoints = _slots(view, chain.backends, frontend, chain.count, notes)
+    sticky = _affinity(view, pkt, src, frontend, AFFINITY_IPS if chain.by_address else AFFINITY_NODEPORTS, notes)
+    if sticky == "drop":
+        return Outcome(src.label, "drop", mark, notes=tuple(notes))
+    if sticky is not None:
+        address, _, port = sticky.partition(" . ")
+        endpoints = (Candidate(address, int(port) if port else endpoints[0].port if endpoints else 0, 1.0,
+                               next((c.slots for c in endpoints if c.address == address), 0)),)
+    if src.address is not None and any(c.address == src.address for c in endpoints) and \
+            view.get(set_name("hairpin", f), [src.address, src.address]) is not None:
+        notes.append("hairpin: a connection the source makes to itself is masqueraded")
+        if len(endpoints) == 1:
+            mark = True
+    return Outcome(src.label, "dnat", mark, endpoints, tuple(notes))
+
+
+def _slots(view: TableView, backends: str, frontend: list[str], count: int, notes: list[str]) -> tuple[Candidate, ...]:
+    """The frontend's slots in the lb chain's map: each endpoint as often as its weight."""
+    seen: Counter[str] = Counter()
+    missing = 0
+    for i in range(count):
+        hit = view.get(backends, [*frontend, str(i)])
+        if hit is None or hit[0] is None:
+            missing += 1
+        else:
+            seen[hit[0]] += 1
+    if missing:
+        notes.append(f"{missing} of {count} slots missing from {backends}: those connections are not balanced")
+    out = []
+    for value, slots in sorted(seen.items(), key=lambda item: (-item[1], item[0])):
+        address, _, port = value.partition(" . ")
+        out.append(Candidate(address, int(port), round(slots / count, 4), slots))
+    return tuple(out)
+
+
+def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], names: object,
+              notes: list[str]) -> str | None:
+    """sessionAffinity: the endpoint a live entry pins this source to ("drop" if it left), else None."""
+    f = pkt.family
+    if view.get(set_name(names.frontends, f), frontend) is None:  # type: ignore[attr-defined]
+        return None
+    record = view.get(set_name(names.services, f), frontend)  # type: ignore[attr-defined]
+    timeout = affinity_timeout(record[0] if record else None)
+    notes.append(f"sessionAffinity ClientIP: a client sticks to its endpoint for {timeout or '?'} s after its last "
+                 "new connection")
+    if src.address is None:
+        return None
+    if f == 6:
+        notes.append("IPv6 affinity entries are keyed by a hash of the client: not looked up")
+        return None
+    entry = view.get(set_name(names.entries, f), [src.address, *frontend])  # type: ignore[attr-defined]
+    if entry is None or entry[0] is None:
+        notes.append(f"{src.address} has no live affinity entry: balanced as below, then pinned")
+        return None
+    endpoint = entry[0].split(" . ")
+    if view.get(set_name(names.valid, f), [*frontend, *endpoint]) is None:  # type: ignore[attr-defined]
+        notes.append(f"{src.address}'s affinity entry points at {entry[0]}, no longer an endpoint: this connection "
+                     "is dropped and the entry expired, the client's retry is balanced afresh")
+        return "drop"
+    notes.append(f"{src.address} is pinned to {entry[0]} by a live affinity entry")
+    return entry[0]
+
+
+def _unserved(view: TableView, pkt: Packet, key: list[str], sources: list[_Source]) -> Explanation:
+    """Not DNATed: the filter chains' checks (no endpoints, unserved ClusterIP port, unallocated address)."""
+    f = pkt.family
+    label = "any source"
+    if _nodeport_address(view, pkt):
+        hit = view.get(set_name("no-endpoint-nodeports", f), [pkt.proto, str(pkt.port)])
+        if hit is not None:
+            return Explanation(_dest(pkt), pkt.proto, pkt.source, hit[1], "NodePort",
+                               (Outcome(label, "reject", False, notes=("the Service has no endpoints",)),))
+    hit = view.get(set_name("no-endpoint-services", f), key)
+    if hit is not None:
+        path = "ClusterIP" if view.get(set_name("cluster-ips", f), [pkt.dest]) is not None else None
+        return Explanation(_dest(pkt), pkt.proto, pkt.source, hit[1], path,
+                           (Outcome(label, "reject", False, notes=("the Service has no endpoints",)),))
+    if not view.is_local(pkt.dest):
+        owner = view.get(set_name("cluster-ips", f), [pkt.dest])
+        if owner is not None:
+            return Explanation(_dest(pkt), pkt.proto, pkt.source, owner[1], "ClusterIP", (Outcome(
+                label, "reject", False, notes=(f"{pkt.proto}/{pkt.port} is not a port of this ClusterIP's Service",)),))
+        cidrs = [text for text, _ in view.keys(set_name("service-cidrs", f))]
+        if cidrs and _contains(cidrs, pkt.dest):
+            return Explanation(_dest(pkt), pkt.proto, pkt.source, None, None, (Outcome(
+                label, "drop", False, notes=(f"no Service holds this address of the service CIDR ({', '.join(cidrs)})",)),))
+    return Explanation(_dest(pkt), pkt.proto, pkt.source, None, None, (Outcome(
+        label, "accept", False, notes=("not ours: no Service frontend, nftproxy leaves it alone",)),))
+
+
+def _merge(outcomes: list[Outcome]) -> tuple[Outcome, ...]:
+    """Sources treated alike are listed once."""
+    groups: dict[Outcome, list[str]] = {}
+    for o in outcomes:
+        groups.setdefault(replace(o, source=""), []).append(o.source)
+    if len(groups) == 1 and len(outcomes) > 1:
+        return (replace(outcomes[0], source="any source"),)
+    return tuple(replace(o, source=", ".join(labels)) for o, labels in groups.items())
+
+
+# --- output ---------------------------------------------------------------------------------------------
+def to_json(exp: Explanation) -> str:
+    return json.dumps(asdict(exp), indent=2)
+
+
+def to_text(exp: Explanation) -> str:
+    """A short table for people."""
+    src = f" from {exp.source}" if exp.source else ""
+    lines = [f"{exp.destination}/{exp.protocol}{src}"]
+    if exp.service:
+        lines.append(f"  service   {exp.service}" + (f"  ({exp.path})" if exp.path else ""))
+    for o in exp.outcomes:
+        verdict = {"dnat": "DNAT to an endpoint", "reject": "REJECT", "drop": "DROP",
+                   "accept": "not ours (accepted untouched)"}.get(o.verdict, o.verdict)
+        masq = ", source masqueraded" if o.verdict == "dnat" and o.masquerade else (
+            ", source kept" if o.verdict == "dnat" else "")
+        lines.append(f"  {o.source}: {verdict}{masq}")
+        if o.endpoints:
+            width = max(len(f"{c.address}:{c.port}") for c in o.endpoints) + 2
+            for c in o.endpoints:
+                where = f"[{c.address}]:{c.port}" if ":" in c.address else f"{c.address}:{c.port}"
+                lines.append(f"    {where:<{width}} {c.probability * 100:5.1f}%  ({c.slots} slot{'s' if c.slots != 1 else ''})")
+        lines += [f"    - {note}" for note in o.notes]
+    return "\n".join(lines) + "\n"
