@@ -13,7 +13,19 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import ip_address, ip_network
 
-from .layout import AFFINITY_IPS, AFFINITY_NODEPORTS, EXTERNAL_IPS, NODE_PORTS, affinity_timeout, lb_chain, set_name
+from .layout import (
+    AFFINITY_DISPATCH,
+    AFFINITY_IPS,
+    AFFINITY_NODEPORTS,
+    DISPATCH,
+    EXTERNAL_IPS,
+    LOCAL_DISPATCH,
+    NODE_PORTS,
+    affinity_timeout,
+    is_verdict,
+    lb_chain,
+    set_name,
+)
 from .view import TableView
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -143,10 +155,18 @@ def explain(view: TableView, pkt: Packet) -> Explanation:
         frontend, names, path = [pkt.proto, str(pkt.port)], NODE_PORTS, "NodePort"
         hit = view.get(set_name("service-nodeports", f), frontend)
     if hit is not None:
-        verdict, comment = hit
+        verdict, comment = resolve(view, hit[0], DISPATCH), hit[1]
         outcomes = [_dnat(view, pkt, src, verdict or "", frontend, names, firewall) for src in sources]
         return Explanation(_dest(pkt), pkt.proto, pkt.source, comment, path, _merge(outcomes))
     return _unserved(view, pkt, key, sources)
+
+
+def resolve(view: TableView, value: str | None, dispatch: str) -> str:
+    """A frontend map's value as a verdict: a class through its dispatch map (a verdict stays one)."""
+    if not value or is_verdict(value):
+        return value or ""
+    hit = view.get(dispatch, [value])
+    return (hit[0] or "") if hit else f"class {value} (not in @{dispatch})"
 
 
 def _dest(pkt: Packet) -> str:
@@ -182,7 +202,7 @@ def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: li
             hit = view.get(set_name(names.local_map, f), frontend)  # type: ignore[attr-defined]
             notes.append("externalTrafficPolicy Local: outside traffic goes to this node's endpoints only, "
                          "source kept")
-        verdict = (hit[0] or "") if hit else ""
+        verdict = resolve(view, hit[0], LOCAL_DISPATCH) if hit else ""
         if verdict == "drop":
             return Outcome(src.label, "drop", False, notes=(*notes, "no endpoint on this node"))
     chain = lb_chain(verdict)
@@ -239,7 +259,7 @@ def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], n
     if view.get(set_name(names.frontends, f), frontend) is None:  # type: ignore[attr-defined]
         return None
     record = view.get(set_name(names.services, f), frontend)  # type: ignore[attr-defined]
-    timeout = affinity_timeout(record[0] if record else None)
+    timeout = affinity_timeout(resolve(view, record[0], AFFINITY_DISPATCH) if record else None)
     notes.append(f"sessionAffinity ClientIP: a client sticks to its endpoint for {timeout or '?'} s after its last "
                  "new connection")
     if src.address is None:

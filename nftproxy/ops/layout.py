@@ -18,11 +18,17 @@ from ..desired.skeleton import TABLE
 from ..desired.translate import AFFINITY_IPS, AFFINITY_NODEPORTS, EXTERNAL_IPS, KINDS, NODE_PORTS, backends_map_name
 from .netlink import ELEM_INTERVAL_END, SET_CONCAT, SET_INTERVAL, VERDICT_DATA, Expression, RawElement, SetInfo, Verdict
 
-__all__ = ["TABLE", "AFFINITY_IPS", "AFFINITY_NODEPORTS", "EXTERNAL_IPS", "NODE_PORTS", "backends_map_name"]
+__all__ = ["TABLE", "AFFINITY_IPS", "AFFINITY_NODEPORTS", "EXTERNAL_IPS", "NODE_PORTS", "backends_map_name",
+           "DISPATCH", "LOCAL_DISPATCH", "AFFINITY_DISPATCH"]
 
 # nft's datatype ids (src/datatype.h) and the bytes each takes in a key
-_VERDICT, _INTEGER, _IPADDR, _IP6ADDR, _INET_PROTOCOL, _INET_SERVICE, _MARK = 1, 4, 7, 8, 12, 13, 19
-_SIZES = {_INTEGER: 4, _IPADDR: 4, _IP6ADDR: 16, _INET_PROTOCOL: 1, _INET_SERVICE: 2, _MARK: 4}
+_VERDICT, _INTEGER, _IPADDR, _IP6ADDR, _INET_PROTOCOL, _INET_SERVICE, _MARK, _CLASSID = 1, 4, 7, 8, 12, 13, 19, 23
+_SIZES = {_INTEGER: 4, _IPADDR: 4, _IP6ADDR: 16, _INET_PROTOCOL: 1, _INET_SERVICE: 2, _MARK: 4, _CLASSID: 4}
+
+# A frontend's map value is a class (a tc handle, `4100:3`) that one of these small verdict maps turns
+# into a chain (rules/nftproxy.nft): the services chain's, the externalTrafficPolicy Local chains', and
+# the sessionAffinity record's. Maps that still hold verdicts are read as they are.
+DISPATCH, LOCAL_DISPATCH, AFFINITY_DISPATCH = "classes", "local-classes", "affinity-classes"
 _PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 _PROTOCOL_NUMBERS = {name: number for number, name in _PROTOCOLS.items()}
 _VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
@@ -49,6 +55,9 @@ def _render(kind: int, raw: bytes) -> str:
         return _PROTOCOLS.get(raw[0], str(raw[0]))
     if kind == _INET_SERVICE:
         return str(int.from_bytes(raw[:2], "big"))
+    if kind == _CLASSID:
+        value = int.from_bytes(raw[:4], sys.byteorder)
+        return f"{value >> 16:x}:{value & 0xFFFF:x}"
     return str(int.from_bytes(raw[:4], sys.byteorder))  # integers from numgen/jhash: host byte order
 
 
@@ -123,6 +132,9 @@ class Codec:
                 raw = bytes([_PROTOCOL_NUMBERS.get(text, 0) or int(text)])
             elif kind == _INET_SERVICE:
                 raw = int(text).to_bytes(2, "big")
+            elif kind == _CLASSID:
+                major, _, minor = text.partition(":")
+                raw = (int(major, 16) << 16 | int(minor or "0", 16)).to_bytes(4, sys.byteorder)
             else:
                 raw = int(text).to_bytes(4, sys.byteorder)
             out += raw + (b"\0" * (-len(raw) % 4) if self.concat else b"")
@@ -163,6 +175,10 @@ class LbChain:
         return backends_map_name(self.kind, self.family, self.count)
 
 
+def is_verdict(value: str) -> bool:
+    return value.split(" ", 1)[0] in _VERDICTS.values()
+
+
 def lb_chain(verdict: str | None) -> LbChain | None:
     """The lb chain a frontend's verdict (`goto lb-cluster-v4-3`) sends it to, if any."""
     if not verdict or not verdict.startswith("goto "):
@@ -188,7 +204,7 @@ _META_KEY, _META_SREG, _META_MARK = 2, 3, 3
 _PAYLOAD_BASE, _PAYLOAD_OFFSET, _PAYLOAD_LEN, _NETWORK_HEADER = 2, 3, 4, 1
 _CMP_OP, _CMP_DATA, _CMP_NEQ = 2, 3, 1
 _BITWISE_MASK = 4
-_SADDR = {(12, 4): socket.AF_INET, (8, 16): socket.AF_INET6}
+_SADDR = {12: (socket.AF_INET, 4), 8: (socket.AF_INET6, 16)}  # header offset -> family, address length
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,19 +235,20 @@ def masquerade_of(rules: list[list[Expression]]) -> Masquerade:
         for i, e in enumerate(rule):
             if e.name != "payload" or int.from_bytes(e.attrs.get(_PAYLOAD_BASE, b"")[:4], "big") != _NETWORK_HEADER:
                 continue
-            where = (int.from_bytes(e.attrs.get(_PAYLOAD_OFFSET, b"")[:4], "big"),
-                     int.from_bytes(e.attrs.get(_PAYLOAD_LEN, b"")[:4], "big"))
-            family = _SADDR.get(where)
-            if family is None:
+            offset = int.from_bytes(e.attrs.get(_PAYLOAD_OFFSET, b"")[:4], "big")
+            loaded = int.from_bytes(e.attrs.get(_PAYLOAD_LEN, b"")[:4], "big")
+            if offset not in _SADDR or loaded > _SADDR[offset][1]:
                 continue
-            mask = b"\xff" * where[1]
+            family, size = _SADDR[offset]
+            mask = b"\xff" * loaded  # nft loads only the prefix's bytes when it ends on a byte boundary
             for follow in rule[i + 1:]:
                 if follow.name == "bitwise" and _BITWISE_MASK in follow.attrs:
                     mask = _data_value(follow.attrs[_BITWISE_MASK])
                 elif follow.name == "cmp":
                     if int.from_bytes(follow.attrs.get(_CMP_OP, b"")[:4], "big") != _CMP_NEQ:
                         break
-                    network = socket.inet_ntop(family, _data_value(follow.attrs[_CMP_DATA]))
+                    value = _data_value(follow.attrs[_CMP_DATA])
+                    network = socket.inet_ntop(family, value[:size] + b"\0" * (size - len(value)))
                     prefix = bin(int.from_bytes(mask, "big")).count("1")
                     return Masquerade(False, str(ip_network(f"{network}/{prefix}", strict=False)))
         return Masquerade(True)
