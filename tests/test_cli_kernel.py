@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from e2e.netns import require_root_and_netns
+from e2e.netns.cluster import _owner_tag
 from e2e.objects import endpoint_slice, service
 from nftproxy.desired.skeleton import rules_dir
+from tests.test_stream_rebuild import by_object
 
 pytestmark = pytest.mark.kernel
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +41,8 @@ def netns() -> Iterator[str]:
     require_root_and_netns()
     name = f"nfp-cli-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
+    # tagged like e2e/netns' namespaces: concurrent test runs remove untagged nfp-* namespaces
+    subprocess.run(["ip", "-n", name, "link", "set", "dev", "lo", "alias", _owner_tag()], check=True)
     try:
         yield name
     finally:
@@ -109,6 +113,34 @@ def test_dry_run_prints_the_transaction_and_applies_nothing(netns: str, tmp_path
     # and the printed transaction is exactly what the kernel accepts
     nft(netns, "-f", "-", input=result.stdout)
     assert "198.18.129.2 . 8080" in nft(netns, "list", "table", "inet", "nftproxy")
+
+
+def test_once_commits_what_dry_run_prints(netns: str, tmp_path: Path) -> None:
+    """--once streams its rebuild (parsing objects on the way); --dry-run prints it as statements: the same
+    ruleset, invalid objects left out of both and reported."""
+    objects: list[dict] = []
+    for i in range(40):
+        extra = {"externalIPs": [f"198.18.0.{150 + i % 3}"]} if i % 4 == 0 else {}  # some conflicts
+        objects.append(service(f"svc-{i}", f"198.19.0.{i + 1}", namespace=f"ns-{i % 3}", **extra))
+        objects.append(endpoint_slice(f"svc-{i}", [f"198.18.129.{(i * 3 + j) % 250 + 2}" for j in range(i % 5)],
+                                      namespace=f"ns-{i % 3}"))
+    objects.append(service("broken", "198.19.1.300"))
+    objects.append(endpoint_slice("nobody", ["198.18.130.2"]))
+    manifests = tmp_path / "objs"
+    manifests.mkdir()
+    write(manifests / "a.yaml", objects[::2])
+    write(manifests / "b.yaml", objects[1::2])
+    flags = ["--manifests", str(manifests), "--service-cidr", "198.19.0.0/16", "--cluster-cidr", "198.18.128.0/17"]
+    printed = nftproxy(netns, "run", *flags, "--dry-run")
+    assert printed.returncode == 0, printed.stderr
+    once = nftproxy(netns, "run", *flags, "--once")
+    assert once.returncode == 0, once.stderr
+    assert "Service default/broken: spec.clusterIPs[0]" in once.stderr
+    streamed = nft(netns, "list", "table", "inet", "nftproxy")
+    nft(netns, "delete", "table", "inet", "nftproxy")
+    nft(netns, "-f", "-", input=printed.stdout)
+    assert by_object(streamed) == by_object(nft(netns, "list", "table", "inet", "nftproxy"))
+    assert "ns-2/svc-38:http" in streamed
 
 
 def test_a_taken_health_port_stops_startup_with_a_clear_message(netns: str, tmp_path: Path) -> None:
