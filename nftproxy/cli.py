@@ -362,8 +362,11 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
         if settings.healthz_bind:
             serve_health(health, *settings.healthz_bind)
         if settings.metrics_bind:
-            metrics.serve(*settings.metrics_bind)
-            log.info("serving /metrics on %s:%d", *settings.metrics_bind)
+            from .ops.agent_status import StatusProvider, serve_metrics_and_status
+
+            serve_metrics_and_status(metrics.registry, StatusProvider(proxier, loop, health, lb_agent),
+                                     *settings.metrics_bind)
+            log.info("serving /metrics and /status on %s:%d", *settings.metrics_bind)
     except OSError as err:
         log.error("cannot listen for /healthz or /metrics (%s): is another proxy (kube-proxy?) running on this "
                   "node? Change --healthz-bind-address / --metrics-bind-address or stop it", err.strerror or err)

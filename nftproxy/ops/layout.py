@@ -83,6 +83,17 @@ def _range_text(kind: int, start: bytes, end: bytes) -> str:
     return str(nets[0]) if len(nets) == 1 else f"{first}-{last}"
 
 
+_FAST_FORMATS = {_IPADDR: ("4s", 4), _IP6ADDR: ("16s", 16), _INET_PROTOCOL: ("B", 1), _INET_SERVICE: ("2s", 2),
+                 _INTEGER: ("I", 4)}
+_FAST = {
+    _IPADDR: socket.inet_ntoa,
+    _IP6ADDR: lambda raw: socket.inet_ntop(socket.AF_INET6, raw),
+    _INET_PROTOCOL: lambda n: _PROTOCOLS.get(n) or str(n),
+    _INET_SERVICE: lambda raw: str(raw[0] << 8 | raw[1]),
+    _INTEGER: str,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Codec:
     """Decodes and encodes the elements of one set, from the kernel's declaration of it."""
@@ -106,6 +117,28 @@ class Codec:
             return " . ".join(_render(k, raw) for k, raw in zip(self.key_types, starts))
         ends = _fields(list(self.key_types), el.key_end, self.concat)
         return " . ".join(_range_text(k, a, b) for k, a, b in zip(self.key_types, starts, ends))
+
+    def keys(self, elements: list[RawElement]) -> list[str]:
+        """Every element's key as text; one struct format for the whole set where the layout is fixed
+        (a status reads a few hundred thousand keys)."""
+        fmt = self._format()
+        if fmt is None or any(el.key_end is not None for el in elements):
+            return [self.key(el) for el in elements]
+        unpacked = struct.Struct(fmt).iter_unpack(b"".join(el.key for el in elements))
+        render = [_FAST[kind] for kind in self.key_types]
+        if len(render) == 1:
+            one = render[0]
+            return [one(fields[0]) for fields in unpacked]
+        return [" . ".join([r(v) for r, v in zip(render, fields)]) for fields in unpacked]
+
+    def _format(self) -> str | None:
+        parts = []
+        for kind in self.key_types:
+            if kind not in _FAST_FORMATS:
+                return None
+            code, size = _FAST_FORMATS[kind]
+            parts.append(code + ("x" * (-size % 4) if self.concat else ""))
+        return "=" + "".join(parts)
 
     def value(self, el: RawElement) -> str | None:
         data = el.data
