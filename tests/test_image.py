@@ -130,6 +130,16 @@ def test_agent_answers_health_and_leaves_rules_on_sigterm(host_network: str, man
         status, body = _get(host_network, "http://127.0.0.1:10256/livez")
         assert status == 200 and json.loads(body)["lastUpdated"]
         assert 'comment "default/web:http"' in ruleset(host_network)
+        # the operator's commands, inside the running container (same capabilities, read-only root)
+        report = podman("exec", name, "nftproxy", "status", "--json")
+        assert report.returncode == 0, report.stderr
+        state = json.loads(report.stdout)
+        assert state["agent"]["sync"]["state"] == "synced" and state["agent"]["drift"]["clean"]
+        assert state["kernel"]["services"] == 1 and state["kernel"]["endpoints"] == 2
+        answer = podman("exec", name, "nftproxy", "explain", "10.96.0.10:80", "--from", "10.244.1.9", "--json")
+        assert answer.returncode == 0, answer.stderr
+        [outcome] = json.loads(answer.stdout)["outcomes"]
+        assert {c["address"] for c in outcome["endpoints"]} == {"10.244.1.5", "10.244.2.7"}
         assert podman("kill", "--signal", "TERM", name).returncode == 0
         assert podman("wait", name, timeout=30).stdout.strip() == "0"
         assert "exiting, rules stay in place" in podman("logs", name).stderr
