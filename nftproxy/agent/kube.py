@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,8 @@ class ResourceWatcher:
         page_size: int = 500,
         watch_timeout: int = 300,
         max_backoff: float = 10.0,
+        healthy_after: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind = kind
         self.list_call = list_call
@@ -56,6 +59,10 @@ class ResourceWatcher:
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.max_backoff = max_backoff
+        self.healthy_after = healthy_after  # client-go: a connection this old resets the backoff
+        self.clock = clock
+        self._events_seen = 0  # events received over the watcher's life (progress, even if a stream breaks)
+        self._watch_opened: float | None = None
         self.resource_version: str | None = None
         self.known: dict[Key, str] = {}  # key -> resourceVersion of what the loop was told
         self.listed = False
@@ -81,18 +88,25 @@ class ResourceWatcher:
 
     # --- one session: (re)list if needed, then watch until the stream ends ----------------------------
     def _session(self) -> None:
+        """One list (if needed) and watch. A failure after progress (a list, an event, or a stream that
+        stayed up `healthy_after` seconds) resumes at once with a fresh backoff, as client-go does; only a
+        reconnect that fails before any progress counts as an outage and backs off."""
         progressed = False
+        events_before = self._events_seen
+        self._watch_opened = None
         try:
             if self.resource_version is None:
                 self._relist()
                 progressed = True
-            progressed = self._watch() or progressed
+            self._watch()
+            progressed = True
         except Gone:
             log.info("%s: resourceVersion %s expired (410 Gone): relisting", self.kind, self.resource_version)
             self.resource_version = None
             return
         except Exception as err:  # noqa: BLE001 - any failure of the API is a reason to back off
-            if progressed:
+            healthy = self._watch_opened is not None and self.clock() - self._watch_opened >= self.healthy_after
+            if progressed or self._events_seen > events_before or healthy:
                 # It worked for a while: resume at once; only a failing reconnect counts as an outage.
                 log.info("%s: watch interrupted (%s): resuming from resourceVersion %s",
                          self.kind, _describe(err), self.resource_version)
@@ -154,6 +168,7 @@ class ResourceWatcher:
             **self._selector(),
         )
         self._set_connected(True)
+        self._watch_opened = self.clock()
         progressed = False
         try:
             for line in iter_resp_lines(resp):
@@ -163,6 +178,7 @@ class ResourceWatcher:
                     continue
                 event = json.loads(line)
                 progressed = True
+                self._events_seen += 1
                 self._handle(event)
         finally:
             resp.close()
