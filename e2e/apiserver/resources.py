@@ -81,8 +81,7 @@ class ServiceStrategy(Strategy):
         return services.prepare_update(new, old)
 
     def allocate(self, obj: dict[str, Any], namespace: str, name: str) -> list[FieldError]:
-        others = [o for (ns, n), o in self.ctx.objects("services").items() if (ns, n) != (namespace, name)]
-        return self.ctx.allocator.allocate(obj, others)
+        return self.ctx.allocator.allocate(obj, key=(namespace, name))  # in use: from the store's counts
 
 
 class NodeStrategy(Strategy):

@@ -9,6 +9,7 @@ typed `object` (IntOrString, RawExtension) are not checked.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from kubernetes.client import models as _models
@@ -46,6 +47,15 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+@functools.lru_cache(maxsize=None)
+def _fields(model_name: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """A model's JSON field names -> attribute names, and its attribute types (once per model, not per body)."""
+    cls = getattr(_models, model_name, None)
+    if cls is None:
+        return None
+    return {v: k for k, v in cls.attribute_map.items()}, dict(cls.openapi_types)
+
+
 class Decoder:
     """Walks a body against a model; collects unknown fields and type errors."""
 
@@ -60,10 +70,10 @@ class Decoder:
                            f'{_GO.get(want, want)}')
 
     def model(self, obj: dict[str, Any], model_name: str, path: str) -> None:
-        cls = getattr(_models, model_name, None)
-        if cls is None:
+        fields = _fields(model_name)
+        if fields is None:
             return
-        by_json = {v: k for k, v in cls.attribute_map.items()}
+        by_json, types = fields
         for key in list(obj):
             value = obj[key]
             sub = f"{path}.{key}" if path else key
@@ -74,7 +84,7 @@ class Decoder:
             if value is None:
                 del obj[key]
                 continue
-            obj[key] = self.value(value, cls.openapi_types[by_json[key]], sub, model_name, key)
+            obj[key] = self.value(value, types[by_json[key]], sub, model_name, key)
 
     def value(self, value: Any, typ: str, path: str, model: str, key: str) -> Any:
         if typ.startswith("List["):
@@ -117,7 +127,7 @@ class Decoder:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise self._type_error(value, model, path, typ)
             return value
-        if hasattr(_models, typ):
+        if _fields(typ) is not None:
             if not isinstance(value, dict):
                 raise self._type_error(value, model, path, typ)
             self.model(value, typ, path)

@@ -721,11 +721,14 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             if kind == "event":
                 etype, obj = payload
+                if not as_table:
+                    self._write_chunk(standin._event_line(rtype, etype, obj))
+                    continue
                 shown = rtype.view(obj)
-                if as_table:  # kubectl get -w: each event carries a one-row Table
-                    shown = table(rtype, as_table, [shown], {"resourceVersion": shown["metadata"]["resourceVersion"]},
-                                  self._query.get("includeObject") or "Metadata", with_columns=first_row)
-                    first_row = False
+                # kubectl get -w: each event carries a one-row Table
+                shown = table(rtype, as_table, [shown], {"resourceVersion": shown["metadata"]["resourceVersion"]},
+                              self._query.get("includeObject") or "Metadata", with_columns=first_row)
+                first_row = False
                 self._write_chunk(_dumps({"type": etype, "object": shown}))
             elif kind == "bookmark":
                 rv, initial_end = payload
@@ -786,6 +789,7 @@ class ApiServerStandin:
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self._watches: set[Watcher] = set()
+        self._event_lines: dict[tuple[int, str, str], tuple[dict[str, Any], bytes]] = {}
         self._lock = threading.Lock()
         self._down: str | None = None
 
@@ -868,6 +872,21 @@ class ApiServerStandin:
     def _log_request(self, method: str, path: str) -> None:
         with self._lock:
             self.request_log.append((method, path))
+
+    def _event_line(self, rtype: ResourceType, etype: str, obj: dict[str, Any]) -> bytes:
+        """A watch event as sent: made once per stored object version and event type, for every watch
+        of it (stored objects are replaced, never changed in place, so no copy is needed either)."""
+        if rtype.to_view is not None:
+            return _dumps({"type": etype, "object": rtype.view(obj)})
+        key = (id(obj), etype, rtype.api_version)
+        hit = self._event_lines.get(key)
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        line = _dumps({"type": etype, "object": {**obj, "apiVersion": rtype.api_version, "kind": rtype.kind}})
+        if len(self._event_lines) >= 4096:
+            self._event_lines.clear()
+        self._event_lines[key] = (obj, line)
+        return line
 
     def _watch_opened(self, w: Watcher) -> None:
         with self._lock:

@@ -47,7 +47,7 @@ class Watcher:
     namespace: str | None
     labels: LabelSelector
     fields: FieldSelector
-    queue: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)
+    queue: "queue.SimpleQueue[tuple[str, Any]]" = field(default_factory=queue.SimpleQueue)  # C: cheap puts
     ended: bool = False
 
     def matches(self, obj: dict[str, Any] | None) -> bool:
@@ -132,6 +132,8 @@ class Store:
             self.data[storage][key] = obj
             ev = Event(self.rv, storage, etype, obj, prev)
             result = obj
+        if storage == "services" and self.allocator is not None:
+            self.allocator.stored(key, obj)  # its counts of the addresses and ports in use
         self.history.append(ev)
         while len(self.history) > self.history_size:
             self.compacted = self.history.popleft().rv
