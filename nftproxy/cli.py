@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--healthz-bind-address", default=None,
                      help="host:port for /healthz and /livez (default 0.0.0.0:10256)")
     run.add_argument("--log-format", choices=("plain", "json"), default=None)
-    lb = run.add_argument_group("bare-metal LoadBalancer (MetalLB's IPAddressPool/L2Advertisement; API mode only)")
+    lb = run.add_argument_group("bare-metal LoadBalancer (MetalLB's IPAddressPool, L2Advertisement, BGPPeer, "
+                                "BGPAdvertisement; API mode only)")
     lb.add_argument("--no-load-balancer", dest="lb_enabled", action="store_false", default=None,
                     help="leave LoadBalancer addresses to another controller (e.g. while MetalLB still runs)")
     lb.add_argument("--load-balancer-class", dest="lb_class", default=None,
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "endpoints from this node until it returns (Kubernetes takes ~50 s to mark them)")
     lb.add_argument("--lb-handover", type=float, default=1.0,
                     help="on SIGTERM, seconds to keep answering after peers were told (successor announces first)")
+    lb.add_argument("--lb-bgp-dir", default=None,
+                    help="BGP mode: where BIRD's configuration and control socket live (default /tmp/nftproxy-bgp-NODE)")
+    lb.add_argument("--lb-bird", default="bird", help="BGP mode: the BIRD 2 daemon to run (default: bird from PATH)")
 
     cleanup = sub.add_parser("cleanup", help="remove everything nftproxy created, and nothing else")
     cleanup.add_argument("--kube-proxy", action="store_true",
@@ -179,6 +183,8 @@ def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
         heartbeat_key=key,
         handover_seconds=max(0.0, args.lb_handover),
         avoid_dead_node_endpoints=bool(getattr(args, "lb_avoid_dead_node_endpoints", False)),
+        bgp_dir=getattr(args, "lb_bgp_dir", None),
+        bird_binary=getattr(args, "lb_bird", None) or "bird",
     )
 
 
@@ -384,8 +390,9 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
         from kubernetes import client as k8s_client
 
         lb_agent.start(k8s_client.CoordinationV1Api(core.api_client))
-    for starter in starters:
+    for i, starter in enumerate(starters):
         starter.start()
+        health.require(f"{getattr(starter, 'kind', 'manifests')}#{i}", starter.alive)
     loop.run(stop)
     if lb_agent is not None:
         lb_agent.shutdown()

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +24,15 @@ class HealthState:
         self.last_updated: float | None = None  # wall-clock time of the last successful sync
         self.oldest_pending: float | None = None  # when the oldest unsynced change was queued
         self._lock = threading.Lock()
+        self._required: dict[str, Callable[[], bool]] = {}  # threads the agent cannot work without
+
+    def require(self, name: str, alive: Callable[[], bool]) -> None:
+        """A thread (a source of objects) whose death makes the agent unhealthy: it would never see
+        another change, so kubelet should restart it."""
+        self._required[name] = alive
+
+    def dead(self) -> list[str]:
+        return sorted(name for name, alive in self._required.items() if not alive())
 
     def queued(self, now: float) -> None:
         with self._lock:
@@ -35,6 +45,8 @@ class HealthState:
             self.oldest_pending = None
 
     def healthy(self, now: float) -> bool:
+        if self.dead():
+            return False
         with self._lock:
             if self.last_updated is None:
                 return False
@@ -48,6 +60,9 @@ class HealthState:
 
         body = {"lastUpdated": stamp(self.last_updated), "currentTime": stamp(now), "nodeEligible": True,
                 "oldestPendingQueued": stamp(self.oldest_pending)}
+        dead = self.dead()
+        if dead:
+            body["deadThreads"] = dead
         return (200 if healthy else 503), body
 
 

@@ -73,6 +73,10 @@ class ResourceWatcher:
         self._thread.start()
         return self
 
+    def alive(self) -> bool:
+        """False once the thread ended while the agent still runs: /healthz reports it."""
+        return self._thread.is_alive() or self.stop.is_set()
+
     def run(self) -> None:
         while not self.stop.is_set():
             retrying = Retrying(

@@ -26,6 +26,9 @@ class ManifestWatcher:
         self._thread.start()
         return self
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def run(self) -> None:
         listed = False
         while not self.stop.is_set():
@@ -33,6 +36,8 @@ class ManifestWatcher:
                 changes = self.source.poll()
             except ManifestError as err:
                 log.error("%s", err)
+            except Exception:  # noqa: BLE001 - a bug must not end file watching for good, silently
+                log.exception("reading manifests failed unexpectedly: keeping the objects last read")
             else:
                 for obj in changes.upserts:
                     self.updates.put(Upsert(obj))

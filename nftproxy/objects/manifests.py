@@ -64,6 +64,8 @@ def read_file(path: Path) -> list[Mapping[str, Any]]:
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
-    meta = obj.get("metadata") or {}
+    """(kind, namespace, name); never fails on a malformed object (the parsers refuse it by name)."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
     namespace = "" if obj.get("kind") == "Node" else str(meta.get("namespace") or "default")
     return (str(obj.get("kind") or ""), namespace, str(meta.get("name") or ""))

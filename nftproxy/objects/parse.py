@@ -46,9 +46,14 @@ class InvalidObject(ValueError):
 
 
 def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
-    """namespace/name of any object; a manifest without a namespace lands in "default" like kubectl."""
-    meta = obj.get("metadata") or {}
-    return ObjectRef(str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+    """namespace/name of any object; a manifest without a namespace lands in "default" like kubectl.
+    Never fails: a malformed metadata gives an empty name, which every parser then refuses by name."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ObjectRef("default", "")
+    namespace, name = meta.get("namespace"), meta.get("name")
+    return ObjectRef(namespace if isinstance(namespace, str) and namespace else "default",
+                     name if isinstance(name, str) else "")
 
 
 class _Checker:
@@ -104,8 +109,9 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
     """A Service with rules to program, or None for ExternalName and headless Services (no rules)."""
     ref = object_ref(obj)
     check = _Checker("Service", ref)
+    check.mapping(obj.get("metadata"), "metadata")
     if not ref.name:
-        raise check.fail("metadata.name", "missing")
+        raise check.fail("metadata.name", "missing or not a string")
     spec = check.mapping(obj.get("spec"), "spec")
     svc_type = spec.get("type") or "ClusterIP"
     if svc_type == "ExternalName":
@@ -368,13 +374,18 @@ def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: s
 
 
 def parse_node(obj: Mapping[str, Any]) -> Node:
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    name = meta.get("name")
-    if not name:
-        raise InvalidObject("Node", ObjectRef("", ""), "metadata.name", "missing")
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    check = _Checker("Node", ObjectRef("", name if isinstance(name, str) else ""))
+    meta = check.mapping(meta, "metadata")
+    if not isinstance(name, str) or not name:
+        raise check.fail("metadata.name", "missing or not a string")
+    labels = check.mapping(meta.get("labels"), "metadata.labels")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise check.fail(f"metadata.labels[{key}]", f"labels map strings to strings, got {value!r}")
     return Node(
-        name=str(name),
+        name=name,
         zone=labels.get(ZONE_LABEL) or None,
-        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        labels=tuple(sorted(labels.items())),
     )

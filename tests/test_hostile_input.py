@@ -1,0 +1,77 @@
+"""Malformed objects are refused by name and never crash a source or cost other Services their rules
+(issue 13, 3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nftproxy.agent.health import HealthState
+from nftproxy.agent.manifest_source import ManifestSource
+from nftproxy.agent.proxier import Proxier
+from nftproxy.config import ProxyConfig
+from nftproxy.kernel.fake import FakeKernel
+from nftproxy.objects.manifests import object_key
+from nftproxy.objects.parse import InvalidObject, object_ref, parse_node, parse_service
+
+GOOD = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "good", "namespace": "default"},
+        "spec": {"clusterIP": "198.19.0.10", "ports": [{"name": "http", "port": 80}]}}
+
+
+@pytest.mark.parametrize("metadata", ["oops", ["a"], 7, {"name": 5}, {"name": None}])
+def test_malformed_metadata_is_refused_by_name_not_a_crash(metadata: object) -> None:
+    bad = {**GOOD, "metadata": metadata}
+    assert object_key(bad)[0] == "Service"
+    assert object_ref(bad).name == ""
+    with pytest.raises(InvalidObject, match="metadata"):
+        parse_service(bad)
+
+
+@pytest.mark.parametrize("node, field", [
+    ({"kind": "Node", "metadata": {"name": "n1", "labels": ["zone", "a"]}}, "metadata.labels"),
+    ({"kind": "Node", "metadata": {"name": "n1", "labels": {"zone": 3}}}, "metadata.labels[zone]"),
+    ({"kind": "Node", "metadata": "oops"}, "metadata"),
+    ({"kind": "Node", "metadata": {"labels": {}}}, "metadata.name"),
+])
+def test_a_malformed_node_is_refused_by_field(node: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidObject) as err:
+        parse_node(node)
+    assert err.value.field == field
+
+
+def test_the_proxier_keeps_valid_services_next_to_malformed_objects() -> None:
+    reported: list[InvalidObject] = []
+    proxier = Proxier(ProxyConfig(node_name="n1"), FakeKernel(), on_invalid=reported.append)
+    for obj in (GOOD, {**GOOD, "metadata": "oops"},
+                {"kind": "Node", "metadata": {"name": "n1", "labels": ["x"]}},
+                {"kind": "EndpointSlice", "metadata": ["x"]}):
+        proxier.upsert(obj)
+    result = proxier.sync()
+    assert result.services_synced == 1
+    assert {e.kind for e in reported} == {"Service", "Node", "EndpointSlice"}
+
+
+def test_manifest_mode_with_a_malformed_object_syncs_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "objects.yaml").write_text(yaml.safe_dump_all([{**GOOD, "metadata": "oops"}, GOOD]))
+    assert len(ManifestSource(tmp_path).poll(strict=True).upserts) == 2
+    out = subprocess.run([sys.executable, "-m", "nftproxy", "run", "--manifests", str(tmp_path), "--dry-run",
+                          "--node-name", "n1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "default/good:http" in out.stdout
+    assert "Traceback" not in out.stderr and "metadata" in out.stderr
+
+
+def test_a_dead_source_thread_makes_the_agent_unhealthy() -> None:
+    health = HealthState(timeout=60)
+    health.updated(1000.0)
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    health.require("EndpointSlice#1", thread.is_alive)
+    code, body = health.report(1001.0)
+    assert code == 503 and body["deadThreads"] == ["EndpointSlice#1"]
