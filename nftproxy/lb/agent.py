@@ -29,6 +29,7 @@ from .view import ClusterView
 log = logging.getLogger("nftproxy.lb")
 
 LB_GROUP = "metallb.io"
+MAX_GATHER = 0.1  # seconds a turn may wait for more messages (see _run)
 CUSTOM_RESOURCES = (("IPAddressPool", "v1beta1", "ipaddresspools"),
                     ("L2Advertisement", "v1beta1", "l2advertisements"),
                     # BGP mode is not supported yet: watched only to say so, once per object
@@ -265,21 +266,29 @@ class LoadBalancerAgent:
         return LocalState(ready=self.proxy_ready(), leaving=leaving, carrier=self._carrier_ok)
 
     def _run(self) -> None:
+        tick = 0.0  # how long the last turn's look at the state took
         while not self._stop.is_set():
             try:
                 first = self.queue.get(timeout=0.05)
             except queue.Empty:
                 first = None
             items = [] if first is None else [first]
+            # A turn costs more with more Services (the speaker looks at every address it announces):
+            # gather messages for as long as the last one took (at most MAX_GATHER), so that under a
+            # stream of events the turns take at most about half the loop's time.
+            gather_until = time.monotonic() + min(tick, MAX_GATHER) if items else 0.0
             while True:
                 try:
-                    items.append(self.queue.get_nowait())
+                    left = gather_until - time.monotonic()
+                    items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
                 except queue.Empty:
                     break
             try:
                 for item in items:
                     self._handle(item)
+                started = time.monotonic()
                 self._tick()
+                tick = time.monotonic() - started
             except Exception:  # noqa: BLE001 - one bad turn must not end announcements for good
                 log.exception("LoadBalancer loop: unexpected error (continuing)")
 

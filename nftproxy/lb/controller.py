@@ -5,6 +5,11 @@ status.loadBalancer.ingress in step with the allocator's decisions.
   restart or a new leader never moves an address in use; then it allocates what is pending.
 - Status goes out with the resourceVersion it was computed from (optimistic concurrency): a 409 just
   waits for the watch to bring the newer object, which is reconciled again.
+- One write per decision. Status and annotation are two requests, so the watch shows each Service
+  half-written first (status set, annotation not yet); that object must not send the same write again.
+  While a write of some addresses is in flight, an object asking for the same addresses sends nothing
+  (if it turns out to be neither the write's own result nor older than it, it is decided again when the
+  write is done); after the write, its own intermediate object is recognised by resourceVersion.
 - Writes run on a small pool of threads so that thousands of new Services are not serialised on
   round trips; the loop that decides never blocks on the API.
 - A Service that cannot be served stays pending with a Warning Event saying why, and gets its address
@@ -13,7 +18,9 @@ status.loadBalancer.ingress in step with the allocator's decisions.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +59,7 @@ class WriteDone:
     ref: ObjectRef
     write: StatusWrite
     retry: bool
+    produced: tuple[str, ...] = ()  # resourceVersions the write's requests left the Service at
 
 
 class StatusWriter:
@@ -71,13 +79,16 @@ class StatusWriter:
         body = {"metadata": {"resourceVersion": write.resource_version},
                 "status": {"loadBalancer": {"ingress": ingress} if ingress else {}}}
         retry = False
+        produced: list[str] = []
         try:
-            self.core_api.patch_namespaced_service_status(ref.name, ref.namespace, body,
-                                                          _content_type=MERGE_PATCH, _preload_content=False)
+            resp = self.core_api.patch_namespaced_service_status(ref.name, ref.namespace, body,
+                                                                 _content_type=MERGE_PATCH, _preload_content=False)
+            produced.append(_resource_version(resp.data))
             if write.annotate:
                 meta = {"metadata": {"annotations": {ALLOCATED_FROM_ANNOTATION: write.pool}}}
-                self.core_api.patch_namespaced_service(ref.name, ref.namespace, meta,
-                                                       _content_type=MERGE_PATCH, _preload_content=False)
+                resp = self.core_api.patch_namespaced_service(ref.name, ref.namespace, meta,
+                                                              _content_type=MERGE_PATCH, _preload_content=False)
+                produced.append(_resource_version(resp.data))
         except ApiException as err:
             if err.status not in (404, 409):
                 log.warning("could not write the status of Service %s: HTTP %s %s", ref, err.status, err.reason)
@@ -85,22 +96,30 @@ class StatusWriter:
         except Exception as err:  # noqa: BLE001 - the API unreachable: retried by the loop
             log.warning("could not write the status of Service %s: %s", ref, err)
             retry = True
-        self.done(WriteDone(ref, write, retry))
+        self.done(WriteDone(ref, write, retry, tuple(produced)))
 
     def stop(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class AllocatorController:
+    USAGE_INTERVAL = 1.0  # seconds between pool usage reports (counting costs a walk over every address)
+
     def __init__(self, view: ClusterView, writer: StatusWriter | None, events: EventSink | None = None,
-                 on_usage: Callable[[dict[str, tuple[int, int]]], None] | None = None) -> None:
+                 on_usage: Callable[[dict[str, tuple[int, int]]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.view = view
         self.writer = writer
         self.events = events
         self.on_usage = on_usage
+        self.clock = clock
+        self._usage_due = False
+        self._usage_at = float("-inf")
         self.allocator: Allocator | None = None
         self.pending: dict[ObjectRef, str] = {}  # refused Services -> why (the last Event said so)
         self.inflight: dict[ObjectRef, StatusWrite] = {}
+        self.skipped: dict[ObjectRef, str] = {}  # resourceVersion of an object not written for: same write in flight
+        self.landed: dict[ObjectRef, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}  # see _write
         self._pools_seen: list[Any] = []
         self.writes = 0
 
@@ -134,6 +153,8 @@ class AllocatorController:
     def stop_leading(self) -> None:
         self.allocator = None
         self.pending.clear()
+        self.skipped.clear()
+        self.landed.clear()
 
     # --- reconciling ----------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -163,12 +184,23 @@ class AllocatorController:
                 if ref in self.view.services and ref not in refs:
                     self._decide(ref)
         if refs or freed:
+            self._usage_due = True
+        if self._usage_due and self.clock() - self._usage_at >= self.USAGE_INTERVAL:
             self._report_usage()
 
     def write_done(self, done: WriteDone) -> bool:
         """Forget a finished write; True when the Service should be tried again later."""
         if self.inflight.get(done.ref) == done.write:
             del self.inflight[done.ref]
+            skipped = self.skipped.pop(done.ref, None)
+            obj = self.view.services.get(done.ref)
+            if len(done.produced) > 1 and obj is not None and _rv(obj) != done.produced[-1]:
+                # the watch has not shown the last request's result yet: the objects the earlier
+                # requests left behind are this write's own, and need no write of their own
+                self.landed[done.ref] = (done.write.ips, done.write.pool, done.produced[:-1])
+            if (skipped is not None and skipped not in done.produced and self.allocator is not None
+                    and obj is not None and _rv(obj) == skipped):
+                self._decide(done.ref)  # an object the write neither made nor superseded: look at it now
         return done.retry and self.allocator is not None and done.ref in self.view.services
 
     def retry(self, ref: ObjectRef) -> None:
@@ -183,6 +215,8 @@ class AllocatorController:
         assert self.allocator is not None
         self.allocator.release(ref)
         self.pending.pop(ref, None)
+        self.skipped.pop(ref, None)
+        self.landed.pop(ref, None)
         if obj is not None and (obj.get("spec") or {}).get("type") != "LoadBalancer" and status_addresses(obj):
             self._write(ref, obj, (), None)
 
@@ -223,17 +257,43 @@ class AllocatorController:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         annotate = annotations.get(ALLOCATED_FROM_ANNOTATION) != pool and (pool is not None or
                                                                          ALLOCATED_FROM_ANNOTATION in annotations)
+        rv = _rv(obj)
+        landed = self.landed.pop(ref, None)
         if status_addresses(obj) == ips and not annotate:
             self.inflight.pop(ref, None)
+            self.skipped.pop(ref, None)
             return
-        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if landed is not None and (ips, pool) == landed[:2] and rv in landed[2]:
+            self.landed[ref] = landed  # the first half of a write that is done: its second half is on its way
+            return
         write = StatusWrite(ref, rv, ips, pool, annotate)
-        if self.inflight.get(ref) == write or self.writer is None:
+        current = self.inflight.get(ref)
+        if current is not None and (current.ips, current.pool) == (ips, pool):
+            if current != write:
+                self.skipped[ref] = rv  # decided again when `current` is done, unless it made this object
             return
+        if self.writer is None:
+            return
+        self.skipped.pop(ref, None)
         self.inflight[ref] = write
         self.writes += 1
         self.writer.submit(write)
 
     def _report_usage(self) -> None:
+        """Report now; `reconcile` reports what changed since at most USAGE_INTERVAL later."""
+        self._usage_due = False
+        self._usage_at = self.clock()
         if self.on_usage is not None and self.allocator is not None:
             self.on_usage(self.allocator.pool_usage())
+
+
+def _rv(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _resource_version(data: bytes) -> str:
+    """metadata.resourceVersion of a response body ("" when it has none)."""
+    try:
+        return str((json.loads(data).get("metadata") or {}).get("resourceVersion") or "")
+    except (ValueError, AttributeError):
+        return ""
