@@ -17,10 +17,12 @@ from nftproxy.agent.proxier import Proxier
 from nftproxy.config import ProxyConfig
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.objects.manifests import object_key
+from nftproxy.objects.model import ObjectRef
 from nftproxy.objects.parse import InvalidObject, object_ref, parse_node, parse_service
 
 GOOD = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "good", "namespace": "default"},
         "spec": {"clusterIP": "198.19.0.10", "ports": [{"name": "http", "port": 80}]}}
+GOOD_REF = ObjectRef("default", "good")
 
 
 @pytest.mark.parametrize("metadata", ["oops", ["a"], 7, {"name": 5}, {"name": None}])
@@ -75,3 +77,24 @@ def test_a_dead_source_thread_makes_the_agent_unhealthy() -> None:
     health.require("EndpointSlice#1", thread.is_alive)
     code, body = health.report(1001.0)
     assert code == 503 and body["deadThreads"] == ["EndpointSlice#1"]
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"addresses": ["2001:db8::5"], "conditions": {"ready": True}}, "is not an IPv4 address"),
+    ({"addresses": [], "conditions": {"ready": True}}, "at least one address"),
+    ({"addresses": ["banana"]}, "not an IP address"),
+])
+def test_one_bad_endpoint_is_skipped_the_others_serve(bad: dict[str, object], why: str) -> None:
+    """Upstream's endpointslicecache skips the bad endpoint only (issue 13, 5)."""
+    reported: list[InvalidObject] = []
+    proxier = Proxier(ProxyConfig(node_name="n1"), FakeKernel(), on_invalid=reported.append)
+    proxier.upsert(GOOD)
+    proxier.upsert({"kind": "EndpointSlice", "addressType": "IPv4",
+                    "metadata": {"name": "good-x", "namespace": "default",
+                                 "labels": {"kubernetes.io/service-name": "good"}},
+                    "ports": [{"name": "http", "port": 8080}],
+                    "endpoints": [{"addresses": ["10.0.0.5"]}, bad, {"addresses": ["10.0.0.6"]}]})
+    proxier.sync()
+    (_, slices) = proxier.committed_inputs[GOOD_REF]
+    assert [e.address for s in slices for e in s.endpoints] == ["10.0.0.5", "10.0.0.6"]
+    assert len(reported) == 1 and why in str(reported[0]) and "endpoints[1]" in str(reported[0])

@@ -87,9 +87,10 @@ def test_endpoint_slice_ignored_or_refused() -> None:
     orphan = endpoint_slice("web", ["198.18.129.2"])
     orphan["metadata"]["labels"] = {}
     assert parse_endpoint_slice(orphan) is None
-    with pytest.raises(InvalidObject) as err:
-        parse_endpoint_slice(endpoint_slice("web", ["2001:db8::1"]))
-    assert err.value.field == "endpoints[0].addresses[0]" and "not an IPv4 address" in err.value.message
+    wrong_family = parse_endpoint_slice(endpoint_slice("web", ["2001:db8::1"]))
+    assert wrong_family is not None and wrong_family.endpoints == ()  # skipped, as upstream; reported
+    ((field, why),) = wrong_family.skipped
+    assert field == "endpoints[0].addresses[0]" and "not an IPv4 address" in why
     with pytest.raises(InvalidObject) as err:
         parse_endpoint_slice(endpoint_slice("web", ["198.18.129.2"], ports=[{"name": "http", "port": 0}]))
     assert err.value.field == "ports[0].port"
@@ -123,7 +124,7 @@ def test_canonical_address_fast_path_agrees_with_the_full_parse() -> None:
             assert got == expected, text
 
 
-def test_endpoint_fields_are_named_in_errors() -> None:
+def test_bad_endpoints_are_skipped_with_their_field_named() -> None:
     cases = [
         ("endpoints[1].addresses[0]", lambda e: e[1].update(addresses=["198.18.129.300"])),
         ("endpoints[1].addresses", lambda e: e[1].update(addresses=[])),
@@ -136,9 +137,9 @@ def test_endpoint_fields_are_named_in_errors() -> None:
     for field, breaker in cases:
         obj = endpoint_slice("web", ["198.18.129.2", "198.18.129.3"])
         breaker(obj["endpoints"])
-        with pytest.raises(InvalidObject) as err:
-            parse_endpoint_slice(obj)
-        assert err.value.field == field, (field, str(err.value))
+        sl = parse_endpoint_slice(obj)  # the bad endpoint is skipped and named, the good one kept
+        assert sl is not None and [e.address for e in sl.endpoints] == ["198.18.129.2"], field
+        assert [f for f, _ in sl.skipped] == [field], (field, sl.skipped)
     ok = endpoint_slice("web", ["198.18.129.2", "198.18.129.3"])
     ok["metadata"]["annotations"] = {"nftproxy.io/weight": "3"}
     ok["endpoints"][1].update(hints={"forZones": [{"name": "a"}]}, targetRef={"name": "web-1"}, zone="a",

@@ -190,7 +190,12 @@ class Proxier:
             self._report_invalid(err)
             sl = None
         else:
-            self.invalid.pop(("EndpointSlice", ref), None)
+            if sl is not None and sl.skipped:
+                self._report_invalid(InvalidObject(
+                    "EndpointSlice", ref, ", ".join(f for f, _ in sl.skipped),
+                    "; ".join(why for _, why in sl.skipped) + " (those endpoints skipped, the others used)"))
+            else:
+                self.invalid.pop(("EndpointSlice", ref), None)
         if sl is None:
             self.delete_slice(ref)
             return

@@ -85,6 +85,7 @@ class EndpointSlice:
     family: Family
     ports: tuple[EndpointPort, ...]
     endpoints: tuple[Endpoint, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (field, why) of endpoints left out, as upstream does
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,14 +310,27 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
             )
         )
 
-    endpoints = [_endpoint(check, i, raw, family, address_type, slice_weight)
-                 for i, raw in enumerate(check.sequence(obj.get("endpoints"), "endpoints"))]
+    raw_endpoints = check.sequence(obj.get("endpoints"), "endpoints")
+    skipped: list[tuple[str, str]] = []
+    try:
+        endpoints = [_endpoint(check, i, raw, family, address_type, slice_weight)
+                     for i, raw in enumerate(raw_endpoints)]
+    except InvalidObject:
+        # Upstream (endpointslicecache) skips an endpoint with no address or of the wrong family, and
+        # keeps the others: one bad endpoint must not make the whole Service reject its traffic.
+        endpoints = []
+        for i, raw in enumerate(raw_endpoints):
+            try:
+                endpoints.append(_endpoint(check, i, raw, family, address_type, slice_weight))
+            except InvalidObject as err:
+                skipped.append((err.field, err.message))
     return EndpointSlice(
         ref=ref,
         service=ObjectRef(ref.namespace, str(service_name)),
         family=family,
         ports=tuple(ports),
         endpoints=tuple(endpoints),
+        skipped=tuple(skipped),
     )
 
 
