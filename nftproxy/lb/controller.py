@@ -77,7 +77,7 @@ class StatusWriter:
         ref = write.ref
         ingress = [{"ip": ip, "ipMode": "VIP"} for ip in write.ips]
         body = {"metadata": {"resourceVersion": write.resource_version},
-                "status": {"loadBalancer": {"ingress": ingress} if ingress else {}}}
+                "status": {"loadBalancer": {"ingress": ingress or None}}}  # None: merge-patch removes it
         retry = False
         produced: list[str] = []
         try:
