@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,45 @@ def test_one_bad_endpoint_is_skipped_the_others_serve(bad: dict[str, object], wh
     (_, slices) = proxier.committed_inputs[GOOD_REF]
     assert [e.address for s in slices for e in s.endpoints] == ["10.0.0.5", "10.0.0.6"]
     assert len(reported) == 1 and why in str(reported[0]) and "endpoints[1]" in str(reported[0])
+
+
+# --- names nft cannot carry as they are (issue 13, 4) ----------------------------------------------------
+@pytest.mark.parametrize("name", [
+    "é" * 117,  # 117 characters, 234 bytes: cut by characters it broke every Service's transaction
+    "a" * 126, "a" * 127, "a" * 128, "a" * 129,
+    'quo"te\\back\x00nul\nnew\tline',
+])
+def test_comments_fit_nft_for_any_name(name: str) -> None:
+    from nftproxy.transaction.transaction import COMMENT_MAX_BYTES, quote_comment
+
+    quoted = quote_comment(f"default/{name}:http")
+    inner = quoted[1:-1]
+    assert len(inner.encode()) <= COMMENT_MAX_BYTES
+    assert not any(c in inner for c in '"\\\x00\n\t')
+    inner.encode().decode("utf-8")  # cut on a character boundary
+
+
+@pytest.mark.kernel
+def test_odd_names_never_cost_other_services_their_rules(tmp_path: Path) -> None:
+    """The kernel takes the transaction whatever the names: the long and odd ones next to a plain one."""
+    from e2e.netns import require_root_and_netns
+
+    require_root_and_netns()
+    objects = [GOOD]
+    for i, name in enumerate(["é" * 60, "x" * 63, 'odd"name\\with\x00nul']):
+        objects.append({**GOOD, "metadata": {"name": name, "namespace": "default"},
+                        "spec": {"clusterIP": f"198.19.0.{20 + i}", "ports": [{"name": "http", "port": 80}]}})
+    (tmp_path / "objects.yaml").write_text(yaml.safe_dump_all(objects, allow_unicode=True))
+    ns = f"nfp-odd-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "nftproxy", "run", "--manifests",
+                              str(tmp_path), "--once", "--node-name", "n1"], capture_output=True, text=True,
+                             timeout=60, cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "nftproxy"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "default/good:http" in listed and "198.19.0.21" in listed and "198.19.0.22" in listed
+        assert "default/" + "é" * 10 in listed
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

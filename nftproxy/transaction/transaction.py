@@ -14,11 +14,20 @@ ELEMENTS_PER_STATEMENT = 4096  # keeps statements short without costing parse ti
 _BATCH = ELEMENTS_PER_STATEMENT
 
 
+COMMENT_MAX_BYTES = 128  # nft refuses longer comments ("comment too long"), counted in bytes
+# What a double-quoted nft string cannot carry: quotes, backslashes and control characters (a NUL is
+# a syntax error that would fail the whole transaction, everyone's rules with it).
+_UNQUOTABLE = {c: None for c in (*range(0x20), 0x7F, ord('"'), ord("\\"))}
+
+
 @lru_cache(maxsize=65536)
 def quote_comment(text: str) -> str:
-    """nft comments are double-quoted and limited in length; names never need more."""
-    cleaned = text.replace("\\", "").replace('"', "").replace("\n", " ")
-    return f'"{cleaned[:120]}"'
+    """A comment nft accepts whatever a name holds: unquotable characters dropped, cut to 128 bytes on
+    a character boundary (a multi-byte name cut by characters could exceed the limit)."""
+    cleaned = text.translate(_UNQUOTABLE)
+    if len(cleaned) > COMMENT_MAX_BYTES // 4 and len(cleaned.encode()) > COMMENT_MAX_BYTES:
+        cleaned = cleaned.encode()[:COMMENT_MAX_BYTES].decode("utf-8", "ignore")
+    return f'"{cleaned}"'
 
 
 @dataclass(slots=True)
