@@ -236,7 +236,8 @@ def test_a_broken_pool_is_reported_and_costs_the_others_nothing(world: LBWorld) 
     world.pool("broken", "198.18.0.240-198.18.0.230")  # ends before it starts
     world.custom.create_namespaced_custom_object("metallb.io", "v1beta2", "metallb-system", "bgppeers", {
         "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer", "metadata": {"name": "router"},
-        "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.0.1"}})
+        "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.0.1", "vrf": "red",  # not supported
+                 "nodeSelectors": [{"matchLabels": {"bgp": "none-here"}}]}})  # no node opens it
     deadline = time.monotonic() + 10
     reasons: dict[str, str] = {}
     while len(reasons) < 2 and time.monotonic() < deadline:

@@ -61,6 +61,19 @@ class Metrics:
                               registry=r)
         self.lb_conflicts = Counter("nftproxy_lb_announcement_conflicts",
                                     "Times another host answered for an address this node announces", registry=r)
+        # BGP mode (one series per BGPPeer session of this node)
+        self.lb_bgp_session_up = Gauge("nftproxy_lb_bgp_session_up", "1 while the BGP session is established",
+                                       ["peer", "address"], registry=r)
+        self.lb_bgp_session_state = Gauge("nftproxy_lb_bgp_session_state",
+                                          "1 for the BGP session's current state (Established, Active, Connect, ...)",
+                                          ["peer", "address", "state"], registry=r)
+        self.lb_bgp_prefixes = Gauge("nftproxy_lb_bgp_prefixes_advertised",
+                                     "Prefixes the BGP speaker advertises on the session", ["peer", "address"],
+                                     registry=r)
+        self.lb_bgp_advertised = Gauge("nftproxy_lb_bgp_advertised", "1 for each address advertised to a BGP peer",
+                                       ["ip", "peer"], registry=r)
+        self.lb_bgp_speaker_restarts = Counter("nftproxy_lb_bgp_speaker_restarts",
+                                               "Times the BGP speaker (BIRD) died and was started again", registry=r)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

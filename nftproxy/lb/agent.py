@@ -32,9 +32,10 @@ LB_GROUP = "metallb.io"
 MAX_GATHER = 0.1  # seconds a turn may wait for more messages (see _run)
 CUSTOM_RESOURCES = (("IPAddressPool", "v1beta1", "ipaddresspools"),
                     ("L2Advertisement", "v1beta1", "l2advertisements"),
-                    # BGP mode is not supported yet: watched only to say so, once per object
+                    # BGP mode: this node's sessions and what it advertises (bgp_speaker.py)
                     ("BGPAdvertisement", "v1beta1", "bgpadvertisements"),
-                    ("BGPPeer", "v1beta2", "bgppeers"))
+                    ("BGPPeer", "v1beta2", "bgppeers"),
+                    ("BFDProfile", "v1beta1", "bfdprofiles"))
 API_VERSIONS = {kind: f"{LB_GROUP}/{version}" for kind, version, _ in CUSTOM_RESOURCES}
 
 
@@ -52,6 +53,8 @@ class LBSettings:
     heartbeat_key: bytes | None = None
     handover_seconds: float = 1.0  # SIGTERM: keep answering this long after telling peers we leave
     avoid_dead_node_endpoints: bool = False  # beyond kube-proxy: see lb/deadnodes.py
+    bgp_dir: str | None = None  # BGP mode: BIRD's configuration and control socket (None: /tmp/nftproxy-bgp-NODE)
+    bird_binary: str = "bird"
 
 
 # --- messages the loop handles besides watcher updates ----------------------------------------------
@@ -170,6 +173,7 @@ class LoadBalancerAgent:
         metrics: Any = None,
         node_of_mac: Callable[[str, Mapping[str, str]], str | None] | None = None,
         proxy_updates: queue.Queue[Any] | None = None,
+        bgp_supervisor_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.settings = settings
         self.me = node_name
@@ -201,6 +205,21 @@ class LoadBalancerAgent:
         self._announced_labels: set[tuple[str, str]] = set()
         self.proxy_updates = proxy_updates
         self.dead_filter = DeadNodeFilter() if settings.avoid_dead_node_endpoints else None
+        self.bgp = self._bgp_speaker(bgp_supervisor_factory)
+
+    def _bgp_speaker(self, factory: Callable[..., Any] | None) -> Any:
+        """BGP mode: BIRD, started once a BGPPeer selects this node (bgp_speaker.py)."""
+        from .bgp_speaker import BGPSpeaker, BGPStatus, SpeakerFailed, secret_reader
+        from .bird import BirdSupervisor
+
+        s = self.settings
+        supervisor = (factory or BirdSupervisor)(
+            s.bgp_dir or f"/tmp/nftproxy-bgp-{self.me}", s.bird_binary,
+            on_status=lambda statuses: self.queue.put(BGPStatus(statuses)),
+            on_restart=lambda reason: self.queue.put(SpeakerFailed(reason)))
+        return BGPSpeaker(self.me, self.view, supervisor, self.events, self.metrics,
+                          read_secret=secret_reader(self.core_api) if self.core_api is not None else None,
+                          post=self.queue.put)
 
     def slice_feed(self, proxy_updates: queue.Queue[Any]) -> Any:
         """Where the EndpointSlice watcher should put its updates."""
@@ -255,6 +274,7 @@ class LoadBalancerAgent:
         self._stop.set()
         self._thread.join(timeout=2)
         self.responder.stop()
+        self.bgp.stop()
         self.membership.stop(farewell=True)
         if self.carrier_watch is not None:
             self.carrier_watch.stop()
@@ -318,6 +338,8 @@ class LoadBalancerAgent:
         elif isinstance(item, Committed):
             for ref, addresses in item.addresses:
                 self.speaker.set_committed(ref, addresses)
+                self.bgp.set_committed(ref, addresses)
+            self.bgp.ready = True
         elif isinstance(item, Conflict):
             if self.leaving.is_set():
                 return  # our successor announcing during the hand-over: expected
@@ -335,6 +357,8 @@ class LoadBalancerAgent:
                 timer.start()
         elif isinstance(item, Retry):
             self.controller.retry(item.ref)
+        else:
+            self.bgp.handle(item)
 
     def _tick(self) -> None:
         if self.waiting_for:
@@ -360,6 +384,7 @@ class LoadBalancerAgent:
         if not self.leaving.is_set():
             self.speaker.set_live(self.membership.eligible(), self.membership.settled())
             self.speaker.update()
+            self.bgp.update()
         if self.dead_filter is not None and self.proxy_updates is not None:
             dead = frozenset(name for name, peer in self.membership.peers().items()
                              if not peer.alive and peer.last_heard is not None)

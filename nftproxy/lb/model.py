@@ -118,13 +118,18 @@ class L2Advertisement:
     interfaces: tuple[str, ...] = ()
 
     def covers(self, pool: AddressPool) -> bool:
-        """MetalLB: with neither names nor selectors an advertisement covers every pool."""
-        if not self.pools and not self.pool_selectors:
-            return True
-        return pool.name in self.pools or any(s.matches(dict(pool.labels)) for s in self.pool_selectors)
+        return covers_pool(self.pools, self.pool_selectors, pool)
 
     def allows_node(self, node_labels: Mapping[str, str]) -> bool:
         return any_matches(self.node_selectors, node_labels)
+
+
+def covers_pool(names: tuple[str, ...], selectors: tuple[LabelSelector, ...], pool: AddressPool) -> bool:
+    """An advertisement's ipAddressPools and ipAddressPoolSelectors (L2 or BGP): with neither names nor
+    selectors it covers every pool (MetalLB)."""
+    if not names and not selectors:
+        return True
+    return pool.name in names or any(s.matches(dict(pool.labels)) for s in selectors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,26 @@ class SpeakerStats:
     announced: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
+def set_committed(committed: dict[ObjectRef, frozenset[str]], by_address: Counter[str], ref: ObjectRef,
+                  addresses: Iterable[str]) -> bool:
+    """Record a Service's LB addresses now in this node's kernel, in `committed` (per Service) and
+    `by_address` (Services may share an address); whether anything changed."""
+    new = frozenset(addresses)
+    old = committed.get(ref, frozenset())
+    if old == new:
+        return False
+    by_address.subtract(old)
+    by_address.update(new)
+    for address in old - new:
+        if by_address[address] <= 0:
+            del by_address[address]
+    if new:
+        committed[ref] = new
+    else:
+        committed.pop(ref, None)
+    return True
+
+
 class Speaker:
     def __init__(
         self,
@@ -85,18 +105,7 @@ class Speaker:
             self._dirty_all = True
 
     def set_committed(self, ref: ObjectRef, addresses: Iterable[str]) -> None:
-        new = frozenset(addresses)
-        old = self.committed.get(ref, frozenset())
-        if old != new:
-            self._allowed.subtract(old)
-            self._allowed.update(new)
-            for address in old - new:
-                if self._allowed[address] <= 0:
-                    del self._allowed[address]
-            if new:
-                self.committed[ref] = new
-            else:
-                self.committed.pop(ref, None)
+        if set_committed(self.committed, self._allowed, ref, addresses):
             self._dirty.add(ref)
 
     def set_carrier(self, interface: str, carrier: bool) -> None:

@@ -16,6 +16,17 @@ from ..objects.model import ObjectRef
 from ..objects.addresses import parse_ip
 from ..objects.parse import SERVICE_NAME_LABEL, InvalidObject, object_ref
 from .announce import AnnouncedService, NodeInfo
+from .bgp_objects import (
+    BFD_PROFILE_KIND,
+    BGP_ADVERTISEMENT_KIND,
+    PEER_KIND,
+    BFDProfile,
+    BGPAdvertisement,
+    BGPPeer,
+    parse_bfd_profile,
+    parse_bgp_advertisement,
+    parse_bgp_peer,
+)
 from .model import AddressPool, L2Advertisement
 from .parse import (
     L2_KIND,
@@ -50,10 +61,12 @@ class Changes:
 
     services: set[ObjectRef] = field(default_factory=set)
     everything: bool = False
+    bgp: bool = False  # a BGPPeer, BGPAdvertisement or BFDProfile (only BGP mode looks again)
 
     def clear(self) -> None:
         self.services.clear()
         self.everything = False
+        self.bgp = False
 
 
 class ClusterView:
@@ -64,6 +77,12 @@ class ClusterView:
         self.services: dict[ObjectRef, Mapping[str, Any]] = {}  # ours only (type LoadBalancer, our class)
         self.pools: dict[ObjectRef, AddressPool] = {}
         self.advertisements: dict[ObjectRef, L2Advertisement] = {}
+        self.bgp_peers: dict[ObjectRef, BGPPeer] = {}
+        self.bgp_advertisements: dict[ObjectRef, BGPAdvertisement] = {}
+        self.bfd_profiles: dict[ObjectRef, BFDProfile] = {}
+        self._bgp = {PEER_KIND: (self.bgp_peers, parse_bgp_peer),
+                     BGP_ADVERTISEMENT_KIND: (self.bgp_advertisements, parse_bgp_advertisement),
+                     BFD_PROFILE_KIND: (self.bfd_profiles, parse_bfd_profile)}
         self.nodes: dict[str, NodeInfo] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.ready_nodes: dict[ObjectRef, dict[ObjectRef, frozenset[str]]] = {}  # service -> slice -> nodes
@@ -93,6 +112,8 @@ class ClusterView:
             self._upsert_config(obj, self.pools, parse_pool)
         elif kind == L2_KIND:
             self._upsert_config(obj, self.advertisements, parse_l2_advertisement)
+        elif kind in self._bgp:
+            self._upsert_config(obj, *self._bgp[kind], bgp=True)
         elif isinstance(kind, str):
             self._report_unsupported(kind, obj)
 
@@ -119,6 +140,9 @@ class ClusterView:
         elif kind == L2_KIND:
             if self.advertisements.pop(ObjectRef(namespace, name), None) is not None:
                 self.changes.everything = True
+        elif kind in self._bgp:
+            if self._bgp[kind][0].pop(ObjectRef(namespace, name), None) is not None:
+                self.changes.bgp = True
 
     def _upsert_service(self, obj: Mapping[str, Any]) -> None:
         ref = object_ref(obj)
@@ -176,7 +200,7 @@ class ClusterView:
             self.changes.everything = True
 
     def _upsert_config(self, obj: Mapping[str, Any], into: dict[ObjectRef, Any],
-                       parse: Callable[[Mapping[str, Any]], Any]) -> None:
+                       parse: Callable[[Mapping[str, Any]], Any], bgp: bool = False) -> None:
         ref = object_ref(obj)
         kind = str(obj.get("kind"))
         self._report_unsupported(kind, obj)
@@ -185,11 +209,17 @@ class ClusterView:
         except InvalidObject as err:
             self._report(err)
             if into.pop(ref, None) is not None:
-                self.changes.everything = True
+                self._changed(bgp)
             return
         self._reported.pop((kind, ref), None)
         if into.get(ref) != parsed:
             into[ref] = parsed
+            self._changed(bgp)
+
+    def _changed(self, bgp: bool) -> None:
+        if bgp:
+            self.changes.bgp = True
+        else:
             self.changes.everything = True
 
     def _report(self, err: InvalidObject) -> None:
