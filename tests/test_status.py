@@ -63,9 +63,9 @@ def _snapshot() -> Snapshot:
               "classes": ["4100:2", "4a00:0"], "firewall-allow-v4": ["10.0.0.1 . tcp . 80 . 192.0.2.7"],
               "cluster-cidrs-v4": ["10.244.0.0/16"]},
         comments={"service-ips-v4": ["default/web:http"], "no-endpoint-services-v4": ["default/none:http"]},
-        values={"backends-cluster-v4-2": ["10.244.1.5 . 8080", "10.244.2.7 . 8080"],
-                "classes": ["goto lb-cluster-v4-2", "goto external-local-v4"]},
-        chains=["services", "lb-cluster-v4-2"])
+        values={"classes": ["goto lb-cluster-v4-2", "goto external-local-v4"]},
+        chains=["services", "lb-cluster-v4-2"], endpoints={bytes([10, 244, 1, 5, 0x1f, 0x90, 0, 0]),
+                                                           bytes([10, 244, 2, 7, 0x1f, 0x90, 0, 0])})
 
 
 def test_drift_is_clean_when_the_kernel_holds_what_was_committed() -> None:

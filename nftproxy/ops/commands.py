@@ -131,7 +131,8 @@ def status_text(report: dict[str, Any]) -> str:
         if "error" in found:
             lines.append(f"  drift       not computed: {found['error']}")
         elif found.get("clean"):
-            lines.append(f"  drift       none (kernel and committed state agree; {agent.get('drift_ms')} ms)")
+            lines.append(f"  drift       none (kernel and committed state agree; computed in {agent.get('drift_ms')} ms, "
+                         f"{agent.get('drift_cpu_ms')} ms CPU)")
         else:
             lines.append("  drift       THE KERNEL DIFFERS from what the agent committed:")
             for kind in ("missing", "unexpected"):

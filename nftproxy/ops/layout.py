@@ -88,7 +88,7 @@ _FAST_FORMATS = {_IPADDR: ("4s", 4), _IP6ADDR: ("16s", 16), _INET_PROTOCOL: ("B"
 _FAST = {
     _IPADDR: socket.inet_ntoa,
     _IP6ADDR: lambda raw: socket.inet_ntop(socket.AF_INET6, raw),
-    _INET_PROTOCOL: lambda n: _PROTOCOLS.get(n) or str(n),
+    _INET_PROTOCOL: {n: _PROTOCOLS.get(n) or str(n) for n in range(256)}.__getitem__,
     _INET_SERVICE: lambda raw: str(raw[0] << 8 | raw[1]),
     _INTEGER: str,
 }
@@ -119,17 +119,28 @@ class Codec:
         return " . ".join(_range_text(k, a, b) for k, a, b in zip(self.key_types, starts, ends))
 
     def keys(self, elements: list[RawElement]) -> list[str]:
-        """Every element's key as text; one struct format for the whole set where the layout is fixed
-        (a status reads a few hundred thousand keys)."""
-        fmt = self._format()
-        if fmt is None or any(el.key_end is not None for el in elements):
+        """Every element's key as text."""
+        if any(el.key_end is not None for el in elements):
             return [self.key(el) for el in elements]
-        unpacked = struct.Struct(fmt).iter_unpack(b"".join(el.key for el in elements))
-        render = [_FAST[kind] for kind in self.key_types]
-        if len(render) == 1:
-            one = render[0]
-            return [one(fields[0]) for fields in unpacked]
-        return [" . ".join([r(v) for r, v in zip(render, fields)]) for fields in unpacked]
+        return self.raw_keys([el.key for el in elements])
+
+    def raw_keys(self, keys: list[bytes]) -> list[str]:
+        """Keys as text, one struct format for the whole set where the layout is fixed (a status reads a
+        few hundred thousand keys: one comprehension per field count, no call per field)."""
+        fmt = self._format()
+        if fmt is None or any(len(k) != self.info.key_len for k in keys):
+            return [self.key(RawElement(k, None, None, 0, None, None)) for k in keys]
+        unpacked = struct.Struct(fmt).iter_unpack(b"".join(keys))
+        r = [_FAST[kind] for kind in self.key_types]
+        if len(r) == 1:
+            return [r[0](a) for (a,) in unpacked]
+        if len(r) == 2:
+            return [f"{r[0](a)} . {r[1](b)}" for a, b in unpacked]
+        if len(r) == 3:
+            return [f"{r[0](a)} . {r[1](b)} . {r[2](c)}" for a, b, c in unpacked]
+        if len(r) == 4:
+            return [f"{r[0](a)} . {r[1](b)} . {r[2](c)} . {r[3](d)}" for a, b, c, d in unpacked]
+        return [" . ".join([f(v) for f, v in zip(r, fields)]) for fields in unpacked]
 
     def _format(self) -> str | None:
         parts = []

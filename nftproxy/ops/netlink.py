@@ -186,6 +186,28 @@ def parse_elements(buf: bytes, comments: bool = True) -> list[RawElement]:
     return out
 
 
+def parse_plain(buf: bytes, key_len: int) -> tuple[list[bytes], list[bytes | None]] | None:
+    """Keys (and data values) of a set with plain keys and data, by position: the kernel writes each
+    element as LIST_ELEM { KEY { VALUE }, [DATA { VALUE }], ... }, so the key sits 12 bytes in. None
+    when an element is not laid out so (the caller then uses parse_elements)."""
+    keys: list[bytes] = []
+    values: list[bytes | None] = []
+    key_attr = (key_len + 4 + 3) & ~3  # DATA_VALUE attribute, padded
+    pos, end = 0, len(buf)
+    while pos + 4 <= end:
+        length = buf[pos] | buf[pos + 1] << 8
+        if length < 16 or buf[pos + 6] & 0x3F != _ELEM_KEY or buf[pos + 4] | buf[pos + 5] << 8 != 4 + 4 + key_len:
+            return None
+        keys.append(buf[pos + 12:pos + 12 + key_len])
+        data = pos + 8 + key_attr
+        if data + 12 <= pos + length and buf[data + 2] & 0x3F == _ELEM_DATA and buf[data + 6] & 0x3F == _DATA_VALUE:
+            values.append(buf[data + 8:data + 4 + (buf[data + 4] | buf[data + 5] << 8)])
+        else:
+            values.append(None)
+        pos += (length + 3) & ~3
+    return keys, values
+
+
 class NetlinkReader:
     """One NETLINK_NETFILTER socket in the caller's network namespace; only GET requests."""
 
@@ -286,6 +308,23 @@ class NetlinkReader:
             if listed:
                 out.extend(parse_elements(listed, comments))
         return out
+
+    def plain_elements(self, table: str, set_name: str, key_len: int) -> tuple[list[bytes], list[bytes | None]]:
+        """Keys and data values of a set without intervals or verdicts, read by position (`parse_plain`)."""
+        request = _string(_ELEM_LIST_TABLE, table) + _string(_ELEM_LIST_SET, set_name)
+        keys: list[bytes] = []
+        values: list[bytes | None] = []
+        for answer in self._request(_GETSETELEM, request, dump=True):
+            listed = attributes(answer).get(_ELEM_LIST_ELEMENTS)
+            if not listed:
+                continue
+            plain = parse_plain(listed, key_len)
+            if plain is None:
+                plain = ([el.key for el in parse_elements(listed, False)],
+                         [el.data if isinstance(el.data, bytes) else None for el in parse_elements(listed, False)])
+            keys += plain[0]
+            values += plain[1]
+        return keys, values
 
     def lookup(self, table: str, set_name: str, key: bytes) -> RawElement | None:
         """The element whose key is `key` (exact, as the kernel stores it), or None."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .layout import AFFINITY_DISPATCH, DISPATCH, LOCAL_DISPATCH, TABLE, Codec, lb_chain
-from .netlink import SET_ANONYMOUS, SET_TIMEOUT, NetlinkReader
+from .netlink import SET_ANONYMOUS, SET_INTERVAL, SET_TIMEOUT, NetlinkReader
 
 # Sets whose elements no sync writes: filled from the packet path (sessionAffinity entries).
 DYNAMIC = SET_TIMEOUT
@@ -26,8 +26,9 @@ class Snapshot:
     generation: int
     keys: dict[str, list[str]]  # set -> element keys (dynamic sets left out)
     comments: dict[str, list[str]]  # frontend sets -> element comments
-    values: dict[str, list[str]]  # backends maps and dispatch maps -> element values, in `keys` order
+    values: dict[str, list[str]]  # dispatch maps -> element values, in `keys` order
     chains: list[str] = field(default_factory=list)
+    endpoints: set[bytes] = field(default_factory=set)  # backends maps' values, raw: address . port
 
 
 class SnapshotBusy(RuntimeError):
@@ -53,14 +54,20 @@ def _read(reader: NetlinkReader, table: str, generation: int) -> Snapshot:
         if info.flags & (DYNAMIC | SET_ANONYMOUS):  # filled by packets; or a rule's own `{ tcp, udp }`
             continue
         base = name.rsplit("-v", 1)[0]
-        wants_comment = base in _FRONTENDS
-        elements = reader.elements(table, name, comments=wants_comment)
         codec = Codec.of(info)
-        snap.keys[name] = [text for text, _ in codec.intervals(elements)] if base in _CONFIG else codec.keys(elements)
-        if wants_comment:
-            snap.comments[name] = [el.comment or "" for el in elements]
-        if name.startswith("backends-") or name in DISPATCH_MAPS:
-            snap.values[name] = [codec.value(el) or "" for el in elements]
+        if base in _FRONTENDS or info.flags & SET_INTERVAL or name in DISPATCH_MAPS:
+            elements = reader.elements(table, name, comments=base in _FRONTENDS)
+            snap.keys[name] = [text for text, _ in codec.intervals(elements)] if base in _CONFIG else codec.keys(elements)
+            if base in _FRONTENDS:
+                snap.comments[name] = [el.comment or "" for el in elements]
+            if name in DISPATCH_MAPS:
+                snap.values[name] = [codec.value(el) or "" for el in elements]
+            continue
+        # the big ones (backends, hairpin, affinity sets): keys by position, endpoints as raw bytes
+        keys, values = reader.plain_elements(table, name, info.key_len)
+        snap.keys[name] = codec.raw_keys(keys)
+        if name.startswith("backends-"):
+            snap.endpoints.update(v for v in values if v is not None)
     return snap
 
 
@@ -74,13 +81,12 @@ def summary(snap: Snapshot) -> dict[str, object]:
         frontends[name] = len(comments)
     without = {c.rsplit(":", 1)[0] for name, comments in snap.comments.items() if name.startswith("no-endpoint")
                for c in comments if c}
-    endpoints = {v for name, values in snap.values.items() if name.startswith("backends-") for v in values}
     return {
         "generation": snap.generation,
         "services": len(services),
         "services_without_endpoints": len(without),
         "frontends": dict(sorted(frontends.items())),
-        "endpoints": len(endpoints),
+        "endpoints": len(snap.endpoints),
         "lb_chains": sorted(c for c in snap.chains if lb_chain("goto " + c) is not None),
         "config": {base: [k for f in (4, 6) for k in snap.keys.get(f"{base}-v{f}", [])] for base in _CONFIG},
         "elements": sum(len(keys) for keys in snap.keys.values()),
