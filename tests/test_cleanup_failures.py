@@ -33,7 +33,7 @@ def test_a_failed_restore_is_reported_with_the_chains_it_left(monkeypatch: pytes
         return subprocess.CompletedProcess(argv, 4, "", "Fatal: can't open lock file /run/xtables.lock: "
                                                          "Read-only file system")
 
-    monkeypatch.setattr(kube_proxy.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)
     result = kube_proxy.remove_kube_proxy_leftovers(lambda family, name: family == "ip")
     assert result.removed == ["nftables table ip kube-proxy"]
     assert len(result.failed) == 1
@@ -43,8 +43,7 @@ def test_a_failed_restore_is_reported_with_the_chains_it_left(monkeypatch: pytes
 
 def test_a_save_or_table_error_is_a_failure_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube_proxy, "_iptables_tools", lambda: [("iptables-nft-save", "iptables-nft-restore")])
-    monkeypatch.setattr(kube_proxy.subprocess, "run",
-                        lambda argv, **_: subprocess.CompletedProcess(argv, 1, "", "no permission"))
+    monkeypatch.setattr(subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 1, "", "no permission"))
 
     def refuse(family: str, name: str) -> bool:
         raise RuntimeError("Operation not permitted")

@@ -101,7 +101,7 @@ def agrees(world: World, answer: dict[str, Any], client: Any, ip: str, port: int
     timeout = 1.0 if outcome["verdict"] == "drop" else 3.0
     results = world.cluster.probe(client, ip, port, count=count if outcome["verdict"] == "dnat" else 1,
                                   timeout=timeout, bind=bind)
-    got = Counter(r.pod if r.ok else f"error:{r.error}" for r in results)
+    got = Counter(str(r.pod) if r.ok else f"error:{r.error}" for r in results)
     if outcome["verdict"] == "dnat":
         named = {world.pod_of(c["address"]) for c in outcome["endpoints"] if c["probability"] > 0}
         assert set(got) == named, f"explain said {named}, packets went to {dict(got)}"
@@ -212,7 +212,7 @@ def test_nothing_to_send_to(world: World) -> None:
 
 
 def test_session_affinity_pins_the_source(world: World) -> None:
-    spec = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
+    spec: dict[str, Any] = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
     world.agents.apply("aff", [svc("aff", "198.19.2.8", **spec), endpoints_slice("aff", world.web)])
     world.cluster.add_route(world.outside, "198.19.2.8/32", world.n1.ip)
     before = explain(world.n1, "198.19.2.8:80", world.outside.ip)

@@ -11,7 +11,9 @@ import re
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from ipaddress import ip_address, ip_network, summarize_address_range
 
 from ..desired.skeleton import TABLE
@@ -79,13 +81,13 @@ def _range_text(kind: int, start: bytes, end: bytes) -> str:
         a, b = _render(kind, start), _render(kind, end)
         return a if a == b else f"{a}-{b}"
     first, last = ip_address(_render(kind, start)), ip_address(_render(kind, end))
-    nets = list(summarize_address_range(first, last))  # type: ignore[arg-type]
+    nets = list(summarize_address_range(first, last))
     return str(nets[0]) if len(nets) == 1 else f"{first}-{last}"
 
 
 _FAST_FORMATS = {_IPADDR: ("4s", 4), _IP6ADDR: ("16s", 16), _INET_PROTOCOL: ("B", 1), _INET_SERVICE: ("2s", 2),
                  _INTEGER: ("I", 4)}
-_FAST = {
+_FAST: dict[int, Callable[[Any], str]] = {
     _IPADDR: socket.inet_ntoa,
     _IP6ADDR: lambda raw: socket.inet_ntop(socket.AF_INET6, raw),
     _INET_PROTOCOL: {n: _PROTOCOLS.get(n) or str(n) for n in range(256)}.__getitem__,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .layout import AFFINITY_DISPATCH, DISPATCH, LOCAL_DISPATCH, TABLE, Codec, lb_chain
 from .netlink import SET_ANONYMOUS, SET_INTERVAL, SET_TIMEOUT, NetlinkReader
@@ -72,7 +73,7 @@ def _read(reader: NetlinkReader, table: str, generation: int) -> Snapshot:
 
 
 # --- what the kernel says, without the agent ----------------------------------------------------------
-def summary(snap: Snapshot) -> dict[str, object]:
+def summary(snap: Snapshot) -> dict[str, Any]:
     """Services, frontends and endpoints as the kernel holds them, and the configuration's CIDRs."""
     services: set[str] = set()
     frontends: dict[str, int] = {}
@@ -105,9 +106,9 @@ class Drift:
     def clean(self) -> bool:
         return not (self.unexpected or self.missing or self.chains_unexpected or self.chains_missing)
 
-    def as_dict(self, limit: int = 20) -> dict[str, object]:
+    def as_dict(self, limit: int = 20) -> dict[str, Any]:
         """Counts, and the first `limit` keys of each set (a drifted node may differ in thousands)."""
-        def cut(d: dict[str, list[str]]) -> dict[str, object]:
+        def cut(d: dict[str, list[str]]) -> dict[str, Any]:
             return {name: {"count": len(keys), "keys": sorted(keys)[:limit]} for name, keys in sorted(d.items())}
         return {"clean": self.clean, "unexpected": cut(self.unexpected), "missing": cut(self.missing),
                 "chains_unexpected": self.chains_unexpected, "chains_missing": self.chains_missing}
@@ -130,9 +131,9 @@ def drift(snap: Snapshot, claims: Mapping[str, Iterable[str]], chains: Iterable[
             want |= {k for k, v in zip(keys, values) if not _is_dynamic(v.split(" ")[-1])}
         have = set(keys)
         _record(name, have - want, want - have, unexpected, missing)
-    for name, keys in claims.items():
-        if name not in snap.keys and keys:
-            missing[name] = sorted(keys)
+    for name, claimed in claims.items():
+        if name not in snap.keys and claimed:
+            missing[name] = sorted(claimed)
     return Drift(unexpected, missing, sorted(dynamic - expected_chains), sorted(expected_chains - dynamic))
 
 

@@ -38,7 +38,7 @@ class LiveTable:
             raise TableAbsent(f"table inet {table} is absent")
         self.sets: dict[str, SetInfo] = self.reader.sets(table)
         self.codec = cache(self._codec)
-        self.masquerade = cache(self._masquerade)  # type: ignore[method-assign]
+        self.masquerade = cache(self._masquerade)
         self._local: frozenset[str] | None = None
 
     def _codec(self, set_name: str) -> Codec:
