@@ -88,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             agent, why = ask_agent(args.agent)
             kernel = agent.get("kernel") if agent else None
             if kernel is None:
-                kernel = summary(read_table(reader))
+                kernel = summary(read_table(reader, keys=False))
     except (NetlinkError, PermissionError, SnapshotBusy) as err:
         sys.stderr.write(f"nftproxy status: cannot read the kernel's nftables ({err}): run as root (CAP_NET_ADMIN)\n")
         return 1
