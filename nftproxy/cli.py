@@ -203,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_ops(args)
         if args.command == "demo":
+            from importlib.util import find_spec
+
+            if find_spec("e2e") is None:  # the image carries the agent only
+                log.error("nftproxy demo needs a source checkout: its namespace cluster (e2e/) is not installed here")
+                return 2
             from .demo import run_demo
 
             return run_demo(keep=args.keep)
