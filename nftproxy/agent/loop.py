@@ -143,6 +143,11 @@ class SyncLoop:
             backoff = min(30.0, max(self.min_sync_period, 0.5) * 2 ** (self.failures - 1))
             self.retry_at = now + backoff
             log.error("sync failed (%d in a row), rebuilding in %.1fs: %s", self.failures, backoff, err)
+            if self.health is not None:
+                # What the failed sync carried is still pending. Changes fed while a rebuild was already
+                # due never call queued() (the proxier was pending already): without this, a sync that
+                # keeps failing left /healthz at 200 for good.
+                self.health.queued(self.wall_clock())
             if self.metrics is not None:
                 self.metrics.sync_failures.inc()
             return None

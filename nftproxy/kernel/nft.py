@@ -132,6 +132,10 @@ class NftablesKernel:
     def _run_library(self, script: str) -> None:
         rc, _out, err = self._library().cmd(script)
         if rc != 0:
+            # A refused batch can leave the handle unusable for good (its netlink socket overflowed:
+            # "No buffer space available", then "cache initialization failed: Protocol error" on every
+            # later command). A fresh handle costs a millisecond: never reuse one that failed.
+            self._lib = None
             raise KernelError(_explain(err, script))
 
     def _child_argv(self, source: str) -> list[str]:
