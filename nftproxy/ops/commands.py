@@ -111,8 +111,9 @@ def status_text(report: dict[str, Any]) -> str:
         lines.append(f"  sync        {sync['state']}; last sync {sync['last_sync'] or 'never'} "
                      f"({sync['syncs']} sync(s){what})")
     lines.append(f"  kernel      {kernel['services']} Service(s) ({kernel['services_without_endpoints']} without "
-                 f"endpoints), {kernel['endpoints']} endpoint(s), {kernel['elements']} element(s), "
-                 f"{len(kernel['lb_chains'])} lb chain(s)")
+                 f"endpoints), {kernel['endpoints']} endpoint(s), "
+                 + (f"{kernel['elements']} element(s), " if kernel["elements"] is not None else "")
+                 + f"{len(kernel['lb_chains'])} lb chain(s)")
     config = kernel["config"]
     lines.append("  config      " + "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in config.items()))
     if "error" not in agent:

@@ -192,18 +192,25 @@ def parse_plain(buf: bytes, key_len: int) -> tuple[list[bytes], list[bytes | Non
     when an element is not laid out so (the caller then uses parse_elements)."""
     keys: list[bytes] = []
     values: list[bytes | None] = []
-    key_attr = (key_len + 4 + 3) & ~3  # DATA_VALUE attribute, padded
+    add_key, add_value = keys.append, values.append
+    header = struct.Struct("=H2xHH").unpack_from  # LIST_ELEM length, KEY length, KEY type
+    data_header = struct.Struct("=HHHH").unpack_from  # DATA length, type, VALUE length, type
+    key_attr = 4 + 4 + key_len
+    data_at = 8 + ((key_attr - 4 + 3) & ~3)  # DATA follows the padded KEY attribute
     pos, end = 0, len(buf)
     while pos + 4 <= end:
-        length = buf[pos] | buf[pos + 1] << 8
-        if length < 16 or buf[pos + 6] & 0x3F != _ELEM_KEY or buf[pos + 4] | buf[pos + 5] << 8 != 4 + 4 + key_len:
+        length, klen, ktype = header(buf, pos)
+        if klen != key_attr or ktype & 0x3FFF != _ELEM_KEY:
             return None
-        keys.append(buf[pos + 12:pos + 12 + key_len])
-        data = pos + 8 + key_attr
-        if data + 12 <= pos + length and buf[data + 2] & 0x3F == _ELEM_DATA and buf[data + 6] & 0x3F == _DATA_VALUE:
-            values.append(buf[data + 8:data + 4 + (buf[data + 4] | buf[data + 5] << 8)])
+        keys_end = pos + 12 + key_len
+        add_key(buf[pos + 12:keys_end])
+        d = pos + data_at
+        if d + 12 <= pos + length:
+            _dlen, dtype, vlen, vtype = data_header(buf, d)
+            add_value(buf[d + 8:d + 4 + vlen] if dtype & 0x3FFF == _ELEM_DATA and vtype & 0x3FFF == _DATA_VALUE
+                      else None)
         else:
-            values.append(None)
+            add_value(None)
         pos += (length + 3) & ~3
     return keys, values
 

@@ -31,6 +31,7 @@ class Snapshot:
     chains: list[str] = field(default_factory=list)
     endpoints: set[bytes] = field(default_factory=set)  # backends maps' values, raw: address . port
     counts: dict[str, int] = field(default_factory=dict)  # big sets read without their keys
+    complete: bool = True  # every set read (else `elements` is not counted)
 
 
 class SnapshotBusy(RuntimeError):
@@ -66,7 +67,11 @@ def _read(reader: NetlinkReader, table: str, generation: int, with_keys: bool) -
             if name in DISPATCH_MAPS:
                 snap.values[name] = [codec.value(el) or "" for el in elements]
             continue
-        # the big ones (backends, hairpin, affinity sets): keys by position, endpoints as raw bytes
+        # the big ones (backends, hairpin, affinity sets): keys by position, endpoints as raw bytes; a
+        # summary alone reads only the backends maps of them
+        if not with_keys and not name.startswith("backends-"):
+            snap.complete = False
+            continue
         keys, values = reader.plain_elements(table, name, info.key_len)
         snap.counts[name] = len(keys)
         if with_keys:
@@ -94,7 +99,8 @@ def summary(snap: Snapshot) -> dict[str, Any]:
         "endpoints": len(snap.endpoints),
         "lb_chains": sorted(c for c in snap.chains if lb_chain("goto " + c) is not None),
         "config": {base: [k for f in (4, 6) for k in snap.keys.get(f"{base}-v{f}", [])] for base in _CONFIG},
-        "elements": sum({**{name: len(keys) for name, keys in snap.keys.items()}, **snap.counts}.values()),
+        "elements": sum({**{name: len(keys) for name, keys in snap.keys.items()}, **snap.counts}.values())
+        if snap.complete else None,
     }
 
 
