@@ -457,7 +457,9 @@ class Speaker:
 
     def set(self, *ips: str) -> dict[str, Any]:
         reply = self.call("set", wanted={"eth0": list(ips)} if ips else {})
-        assert reply["took"] < 0.05, f"set_addresses blocked the caller for {reply['took']:.3f} s"
+        # Blocking on the announcements would take their whole schedule (seconds); a busy shared machine
+        # can stretch a fast call to tens of milliseconds, so the bound is generous, not a benchmark.
+        assert reply["took"] < 0.5, f"set_addresses blocked the caller for {reply['took']:.3f} s"
         return reply
 
     def stats(self) -> dict[str, list[int]]:
@@ -719,7 +721,7 @@ def test_set_addresses_stays_fast_during_an_announcement_burst(lan: tuple[Namesp
     a, _b = speakers
     many = [f"2001:db8::3:{i:x}" for i in range(300)] + [f"198.18.0.{i}" for i in range(150, 180)]
     a.set(*many)
-    a.set(*many[:-10])  # Speaker.set asserts each call returned within 50 ms
+    a.set(*many[:-10])  # Speaker.set asserts each call returned well before the announcements ended
     assert len(a.set(*many[:-20])["announced"]["eth0"]) == len(many) - 20
 
 
