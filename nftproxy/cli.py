@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--lb-handover", type=float, default=1.0,
                     help="on SIGTERM, seconds to keep answering after peers were told (successor announces first)")
     lb.add_argument("--lb-bgp-dir", default=None,
-                    help="BGP mode: where BIRD's configuration and control socket live (default /tmp/nftproxy-bgp-NODE)")
+                    help="BGP mode: where BIRD's configuration and control socket live "
+                         "(default /tmp/nftproxy-bgp-NODE-NETNS)")
     lb.add_argument("--lb-bird", default="bird", help="BGP mode: the BIRD 2 daemon to run (default: bird from PATH)")
+    lb.add_argument("--lb-bgp-restart-time", type=int, default=120,
+                    help="BGP mode: graceful restart time, seconds routers keep this node's routes while its agent "
+                         "restarts (1-4095)")
 
     cleanup = sub.add_parser("cleanup", help="remove everything nftproxy created, and nothing else")
     cleanup.add_argument("--kube-proxy", action="store_true",
@@ -169,6 +173,9 @@ def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
             raise ConfigError(f"{flag}: must be greater than 0")
     if args.lb_heartbeat_timeout <= args.lb_heartbeat_interval:
         raise ConfigError("--lb-heartbeat-timeout: must be longer than --lb-heartbeat-interval")
+    restart = getattr(args, "lb_bgp_restart_time", 120)
+    if not 1 <= restart <= 4095:
+        raise ConfigError(f"--lb-bgp-restart-time: expected 1-4095 seconds, got {restart}")
     enabled = args.lb_enabled if args.lb_enabled is not None else (file.lb_enabled if file.lb_enabled is not None
                                                                   else True)
     return LBSettings(
@@ -185,6 +192,7 @@ def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
         avoid_dead_node_endpoints=bool(getattr(args, "lb_avoid_dead_node_endpoints", False)),
         bgp_dir=getattr(args, "lb_bgp_dir", None),
         bird_binary=getattr(args, "lb_bird", None) or "bird",
+        bgp_restart_time=restart,
     )
 
 

@@ -238,10 +238,11 @@ def test_rendered_configuration_is_what_bird_accepts(tmp_path: Path) -> None:
     assert f"protocol bgp {tor} {{" in text
     assert f"\troute {V4}/32 blackhole {{ bgp_community.add((65000,100)); bgp_large_community.add((64512,1,2)); }};" \
         in text, "LOCAL_PREF is not for eBGP"
-    assert "bgp_local_pref = 200;" in text and "graceful restart time 3;" in text and "bfd { min rx interval 100 ms;" \
+    assert "bgp_local_pref = 200;" in text and "graceful restart time 120;" in text and "bfd { min rx interval 100 ms;" \
         in text and "graceful restart off;" in text and "neighbor 198.18.0.252 port 179 external;" in text
     assert "protocol bfd nftproxy_bfd { }" in text and 'password "k3y";' in text and "kernel" not in text
     assert render(result, "198.18.0.11", ME) == text, "deterministic"
+    assert "graceful restart time 30;" in render(result, "198.18.0.11", ME, restart_time=30)
 
 
 def test_a_node_without_routes_still_renders_a_valid_configuration(tmp_path: Path) -> None:

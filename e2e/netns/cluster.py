@@ -424,6 +424,23 @@ class Client:
     lan_ifname: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Router:
+    """A forwarding namespace on the LAN with a network of its own behind it (``outside_cidr``), where
+    :meth:`NamespaceCluster.add_client_behind` puts clients whose only route is the router."""
+
+    name: str
+    netns: str
+    ip: str
+    ip6: str | None
+    lan_ifname: str
+    outside_cidr: str
+    outside_cidr6: str | None
+    #: the router's address on its outside network (the clients' default gateway)
+    outside_ip: str
+    outside_ip6: str | None
+
+
 @dataclasses.dataclass
 class ProbeResult:
     """Outcome of one request (mirrors the JSON printed by ``e2e.netns.probe``).
@@ -838,6 +855,55 @@ class NamespaceCluster:
         ip6 = _nth_addr(self.lan_cidr6, 100 + k) if self.dual_stack else None
         lan_ifname = self._attach_to_lan(netns, f"c{k}", ip, ip6)
         client = Client(name=name, netns=netns, ip=ip, ip6=ip6, lan_ifname=lan_ifname)
+        self.clients[name] = client
+        return client
+
+    def add_router(
+        self, name: str, host: int = 254, outside_cidr: str = "203.0.113.0/24",
+        outside_cidr6: str = "2001:db8:c::/64",
+    ) -> Router:
+        """A router on the LAN (host ``host`` of the LAN prefixes) forwarding to ``outside_cidr``, a network
+        of its own that nothing else routes to: nodes and LAN hosts reach it only through routes a test
+        adds (:meth:`add_route`), and its clients reach the cluster only through the router's routes."""
+        self._check_open()
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid router name {name!r}")
+        netns = self._new_netns(f"router-{name}", router=True)
+        ip = _nth_addr(self.lan_cidr, host)
+        ip6 = _nth_addr(self.lan_cidr6, host) if self.dual_stack else None
+        lan_ifname = self._attach_to_lan(netns, f"r{host}", ip, ip6)
+        return Router(name=name, netns=netns, ip=ip, ip6=ip6, lan_ifname=lan_ifname, outside_cidr=outside_cidr,
+                      outside_cidr6=outside_cidr6 if self.dual_stack else None,
+                      outside_ip=_nth_addr(outside_cidr, 1),
+                      outside_ip6=_nth_addr(outside_cidr6, 1) if self.dual_stack else None)
+
+    def add_client_behind(self, router: Router, name: str) -> Client:
+        """A client on the router's outside network: its only route (default) goes through the router."""
+        self._check_open()
+        if not _NAME_RE.match(name) or name in self.clients:
+            raise ValueError(f"invalid or duplicate client name {name!r}")
+        behind = self.__dict__.setdefault("_behind", collections.Counter())
+        behind[router.name] += 1
+        k = behind[router.name]
+        netns = self._new_netns(f"client-{name}", router=False)
+        ip = _nth_addr(router.outside_cidr, 1 + k)
+        ip6 = _nth_addr(router.outside_cidr6, 1 + k) if router.outside_cidr6 else None
+        port = f"o{k}"
+        _ip_batch(router.netns, [f"link add {port} type veth peer name eth0 netns {netns}", f"link set {port} up"]
+                  + ([f"addr add {router.outside_ip}/{_plen(router.outside_cidr)} dev {port}"] if k == 1 else
+                     [f"route add {ip}/32 dev {port}"]))
+        cmds = ["link set eth0 up", f"addr add {ip}/{_plen(router.outside_cidr)} dev eth0",
+                f"route add default via {router.outside_ip} dev eth0"]
+        if ip6 and router.outside_ip6 and router.outside_cidr6:
+            if k == 1:
+                _ip_batch(router.netns, [f"addr add {router.outside_ip6}/{_plen(router.outside_cidr6)} dev {port} "
+                                         "nodad"])
+            else:
+                _ip_batch(router.netns, [f"route add {ip6}/128 dev {port}"])
+            cmds += [f"addr add {ip6}/{_plen(router.outside_cidr6)} dev eth0 nodad",
+                     f"route add default via {router.outside_ip6} dev eth0"]
+        _ip_batch(netns, cmds)
+        client = Client(name=name, netns=netns, ip=ip, ip6=ip6, lan_ifname="eth0")
         self.clients[name] = client
         return client
 

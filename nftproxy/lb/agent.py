@@ -53,8 +53,9 @@ class LBSettings:
     heartbeat_key: bytes | None = None
     handover_seconds: float = 1.0  # SIGTERM: keep answering this long after telling peers we leave
     avoid_dead_node_endpoints: bool = False  # beyond kube-proxy: see lb/deadnodes.py
-    bgp_dir: str | None = None  # BGP mode: BIRD's configuration and control socket (None: /tmp/nftproxy-bgp-NODE)
+    bgp_dir: str | None = None  # BGP mode: BIRD's files (None: bird.default_directory)
     bird_binary: str = "bird"
+    bgp_restart_time: int = 120  # graceful restart: how long routers keep our routes while the agent restarts
 
 
 # --- messages the loop handles besides watcher updates ----------------------------------------------
@@ -210,16 +211,16 @@ class LoadBalancerAgent:
     def _bgp_speaker(self, factory: Callable[..., Any] | None) -> Any:
         """BGP mode: BIRD, started once a BGPPeer selects this node (bgp_speaker.py)."""
         from .bgp_speaker import BGPSpeaker, BGPStatus, SpeakerFailed, secret_reader
-        from .bird import BirdSupervisor
+        from .bird import BirdSupervisor, default_directory
 
         s = self.settings
         supervisor = (factory or BirdSupervisor)(
-            s.bgp_dir or f"/tmp/nftproxy-bgp-{self.me}", s.bird_binary,
+            s.bgp_dir or default_directory(self.me), s.bird_binary,
             on_status=lambda statuses: self.queue.put(BGPStatus(statuses)),
             on_restart=lambda reason: self.queue.put(SpeakerFailed(reason)))
         return BGPSpeaker(self.me, self.view, supervisor, self.events, self.metrics,
                           read_secret=secret_reader(self.core_api) if self.core_api is not None else None,
-                          post=self.queue.put)
+                          post=self.queue.put, restart_time=s.bgp_restart_time)
 
     def slice_feed(self, proxy_updates: queue.Queue[Any]) -> Any:
         """Where the EndpointSlice watcher should put its updates."""

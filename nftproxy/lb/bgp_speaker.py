@@ -22,7 +22,7 @@ from ..objects.model import ObjectRef
 from ..objects.parse import InvalidObject
 from .bgp import Plan, Problem, plan, router_id
 from .bgp_objects import BFDProfile, BGPPeer, check_password
-from .bird import ProtocolStatus, render
+from .bird import RESTART_TIME, ProtocolStatus, render
 from .speaker import set_committed
 from .view import ClusterView
 
@@ -78,7 +78,8 @@ class _SessionWatch:
 class BGPSpeaker:
     def __init__(self, me: str, view: ClusterView, supervisor: Any, events: Any = None, metrics: Any = None,
                  read_secret: Callable[[ObjectRef], str] | None = None,
-                 post: Callable[[Any], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 post: Callable[[Any], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 restart_time: int = RESTART_TIME) -> None:
         self.me = me
         self.view = view
         self.supervisor = supervisor
@@ -87,6 +88,7 @@ class BGPSpeaker:
         self.read_secret = read_secret
         self.post = post  # the loop's queue.put: where secret reads report back
         self.clock = clock
+        self.restart_time = restart_time
         self.committed: dict[ObjectRef, frozenset[str]] = {}
         self._allowed: Counter[str] = Counter()
         self.ready = False  # the first sync's addresses are in: what BIRD starts with is complete
@@ -146,7 +148,7 @@ class BGPSpeaker:
         for problem in new.problems:
             self._problem(problem)
         if new.sessions:
-            config: str | None = render(new, router_id(node, self.me), self.me)
+            config: str | None = render(new, router_id(node, self.me), self.me, self.restart_time)
         else:
             config = None
         if new != self.plan:

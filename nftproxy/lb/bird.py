@@ -11,11 +11,12 @@
   keeps the routers forwarding meanwhile) and reads the sessions' state every second.
 - `BirdControl` speaks the control socket's line protocol (what `birdc` speaks).
 
-Graceful restart (RFC 4724): sessions advertise it with a restart time equal to their hold time. When
-the agent stops (a rollout), BIRD is killed without a Cease, so routers keep our routes (marked stale)
-while the next agent starts; it starts BIRD in recovery mode (-R) with the complete configuration
-and the routers refresh the routes without ever withdrawing them. A node that really dies stops
-answering keepalives and leaves the routers at the hold time (BFD: sooner), as without restart.
+Graceful restart (RFC 4724, restart time 120 s by default): when the agent stops (a rollout) or dies,
+BIRD is killed without a Cease, so routers keep our routes (marked stale) while the next agent starts
+(the node's rules stay in its kernel meanwhile, so the routes still lead somewhere that forwards); it
+starts BIRD in recovery mode (-R) with the complete configuration and the routers refresh the routes
+without ever withdrawing them. A node that really dies stops answering keepalives: routers drop its
+routes at the hold time (BFD: sooner), as without graceful restart (a hold timer expiry is no restart).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from .bgp import Plan, Route, Session
 log = logging.getLogger("nftproxy.lb.bird")
 
 CONNECT_RETRY = 5  # seconds between connection attempts when BGPPeer.connectTime is not set
-RESTART_TIME_NO_HOLD = 120  # graceful restart time for sessions without a hold timer (holdTime 0)
+RECOVERY_WAIT = 5  # seconds a restarted BIRD waits for End-of-RIB from its peers before it advertises anyway
+RESTART_TIME = 120  # seconds routers keep our routes (stale) while the agent restarts: --lb-bgp-restart-time
 
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ def _route(route: Route) -> str:
     return f"\troute {route.prefix} blackhole{block};"
 
 
-def _session(s: Session) -> list[str]:
+def _session(s: Session, restart_time: int) -> list[str]:
     peer = s.peer
     channel = f"ipv{peer.family}"
     table = f"{s.name}_t"
@@ -77,8 +79,7 @@ def _session(s: Session) -> list[str]:
     if s.password:
         lines.append(f'\tpassword "{s.password}";')  # quotes and backslashes refused when parsed
     if peer.graceful_restart:
-        lines += ["\tgraceful restart on;",
-                  f"\tgraceful restart time {peer.hold_time or RESTART_TIME_NO_HOLD};"]
+        lines += ["\tgraceful restart on;", f"\tgraceful restart time {restart_time};"]
     else:
         lines.append("\tgraceful restart off;")
     if s.bfd is not None:
@@ -89,17 +90,21 @@ def _session(s: Session) -> list[str]:
     return lines
 
 
-def render(plan: Plan, router_id: str, node: str) -> str:
+def render(plan: Plan, router_id: str, node: str, restart_time: int = RESTART_TIME) -> str:
     """BIRD 2 configuration for a plan (deterministic: the same plan gives the same text)."""
     lines = [f"# nftproxy: the BGP speaker of node {node}. Rewritten on every change: do not edit.",
              f"router id {router_id};",
              'timeformat protocol "%s";',
              "log stderr { info, warning, error, fatal, bug };",
              "protocol device { scan time 10; }"]
+    if any(s.peer.graceful_restart for s in plan.sessions):
+        # After a restart (-R) BIRD holds its exports until every graceful-restart peer sent End-of-RIB;
+        # a peer that is down must not hold back the others for BIRD's default 240 s.
+        lines.append(f"graceful restart wait {RECOVERY_WAIT};")
     if any(s.bfd is not None for s in plan.sessions):
         lines.append("protocol bfd nftproxy_bfd { }")
     for s in plan.sessions:
-        lines += _session(s)
+        lines += _session(s, restart_time)
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +205,16 @@ def parse_protocols(reply: list[tuple[int, str]]) -> dict[str, ProtocolStatus]:
 
 
 # --- the supervisor ---------------------------------------------------------------------------------
+def default_directory(node: str) -> str:
+    """Where BIRD's configuration, control socket and pid file live: per node name and network namespace,
+    so agents sharing a file system (one per namespace in the tests) never share a BIRD."""
+    try:
+        namespace = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        namespace = 0
+    return f"/tmp/nftproxy-bgp-{node}-{namespace}"
+
+
 _PR_SET_PDEATHSIG = 1
 
 
