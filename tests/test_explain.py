@@ -85,8 +85,9 @@ def svc(name: str, ip: str | list[str], node_port: int | None = None, **spec: An
     return service(name, ip, [port], **spec)
 
 
-def explain(node: Node, dest: str, source: str | None = None) -> dict[str, Any]:
-    argv = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "nftproxy", "explain", dest, "--json"]
+def explain(node: Node, dest: str, source: str | None = None, proto: str = "tcp") -> dict[str, Any]:
+    argv = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "nftproxy", "explain", dest, "--json",
+            "--proto", proto]
     if source:
         argv += ["--from", source]
     proc = subprocess.run(argv, capture_output=True, text=True, env=_python_env(), cwd=REPO_ROOT, timeout=30)
@@ -95,11 +96,11 @@ def explain(node: Node, dest: str, source: str | None = None) -> dict[str, Any]:
 
 
 def agrees(world: World, answer: dict[str, Any], client: Any, ip: str, port: int, source: str,
-           count: int = 30, bind: str | None = None) -> Counter[str]:
+           count: int = 30, bind: str | None = None, proto: str = "tcp") -> Counter[str]:
     """Send `count` connections and check them against explain's (single) outcome; returns where they went."""
     [outcome] = answer["outcomes"]
     timeout = 1.0 if outcome["verdict"] == "drop" else 3.0
-    results = world.cluster.probe(client, ip, port, count=count if outcome["verdict"] == "dnat" else 1,
+    results = world.cluster.probe(client, ip, port, proto, count=count if outcome["verdict"] == "dnat" else 1,
                                   timeout=timeout, bind=bind)
     got = Counter(str(r.pod) if r.ok else f"error:{r.error}" for r in results)
     if outcome["verdict"] == "dnat":
@@ -248,3 +249,22 @@ def test_ipv6_cluster_ip(world: World) -> None:
     assert answer["destination"] == f"[{ip6}]:80" and answer["path"] == "ClusterIP"
     assert {c["address"] for c in answer["outcomes"][0]["endpoints"]} == {p.ip6 for p in world.web}
     agrees(world, answer, pod, ip6, 80, pod.ip6)
+
+
+def test_external_ip_and_udp(world: World) -> None:
+    world.agents.apply("ext", [
+        svc("ext", "198.19.2.11", externalIPs=["198.18.0.230"]), endpoints_slice("ext", world.web[:2]),
+        service("dns", "198.19.2.12", [{"name": "p", "port": 53, "protocol": "UDP"}]),
+        {**endpoints_slice("dns", [world.web[1]]), "ports": [{"name": "p", "port": 5353, "protocol": "UDP"}]},
+    ])
+    world.cluster.add_route(world.outside, "198.18.0.230/32", world.n1.ip)
+    answer = explain(world.n1, "198.18.0.230:80", world.outside.ip)
+    assert answer["path"] == "externalIP or LoadBalancer" and answer["service"] == "default/ext:p"
+    assert answer["outcomes"][0]["masquerade"], "externalTrafficPolicy Cluster: masqueraded"
+    agrees(world, answer, world.outside, "198.18.0.230", 80, world.outside.ip)
+    answer = explain(world.n1, "198.19.2.12:53", world.pod_client.ip, proto="udp")
+    assert answer["protocol"] == "udp" and answer["service"] == "default/dns:p"
+    assert agrees(world, answer, world.pod_client, "198.19.2.12", 53, world.pod_client.ip, count=5,
+                  proto="udp") == {"web-2": 5}
+    assert explain(world.n1, "198.19.2.12:53", world.pod_client.ip)["outcomes"][0]["verdict"] == "reject", \
+        "TCP is not a port of this Service"
