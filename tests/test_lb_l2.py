@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from e2e.lb import LBWorld, Prober, lb_world
-from e2e.lb_failover import report, run
+from e2e.lb_failover import one_failover, report, revive, run
 from nftproxy.lb.announce import order_key
 
 pytestmark = pytest.mark.kernel
@@ -250,3 +250,18 @@ def test_a_broken_pool_is_reported_and_costs_the_others_nothing(world: LBWorld) 
     assert world.eventually_served(world.wait_ingress("still-fine")[0]).ok
     world.delete_pool("broken")
     world.delete_service("still-fine")
+
+
+def test_failover_does_not_need_the_api_server(world: LBWorld) -> None:
+    world.service("no-api", world.pods, annotations={"metallb.io/address-pool": "lan"})
+    ip = world.wait_ingress("no-api")[0]
+    assert world.eventually_served(ip).ok
+    world.api.down()  # the agents' API connections are cut and refused from here on
+    try:
+        victim, successor, seconds, _share = one_failover(world, ip)
+        print(f"without the API server: {victim} died, {successor} took over in {seconds * 1000:.0f} ms")
+        assert successor != victim and seconds < 5.0
+    finally:
+        world.api.up()
+    revive(world, victim)
+    world.delete_service("no-api")
