@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 from ipaddress import ip_address, ip_network
 
 from .layout import (
@@ -75,6 +76,35 @@ def parse_packet(dest: str, proto: str = "tcp", source: str | None = None) -> Pa
     return Packet(str(address), number, proto, src)
 
 
+class ExternalNames(Protocol):
+    """Where an external frontend kind's eTP Local split lives (translate.EXTERNAL_IPS / NODE_PORTS)."""
+
+    @property
+    def local_chain(self) -> str: ...
+
+    @property
+    def short_map(self) -> str: ...
+
+    @property
+    def local_map(self) -> str: ...
+
+
+class AffinityNames(Protocol):
+    """A frontend kind's sessionAffinity sets (translate.AFFINITY_IPS / AFFINITY_NODEPORTS)."""
+
+    @property
+    def entries(self) -> str: ...
+
+    @property
+    def frontends(self) -> str: ...
+
+    @property
+    def services(self) -> str: ...
+
+    @property
+    def valid(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     address: str
@@ -117,7 +147,7 @@ def _contains(ranges: list[str], address: str) -> bool:
     for text in ranges:
         if "-" in text:
             first, last = (ip_address(x) for x in text.split("-", 1))
-            if first.version == ip.version and first <= ip <= last:  # type: ignore[operator]
+            if first.version == ip.version and first <= ip <= last:  # type: ignore[operator]  # same version: comparable
                 return True
         elif ip in ip_network(text, strict=False):
             return True
@@ -145,7 +175,8 @@ def explain(view: TableView, pkt: Packet) -> Explanation:
                     if text.startswith(prefix)]
 
     hit = view.get(set_name("service-ips", f), key)
-    frontend, names = key, EXTERNAL_IPS
+    frontend: list[str] = key
+    names: ExternalNames = EXTERNAL_IPS
     if hit is not None:
         if view.get(set_name("cluster-ips", f), [pkt.dest]) is not None:
             path = "ClusterIP"
@@ -181,7 +212,7 @@ def _nodeport_address(view: TableView, pkt: Packet) -> bool:
     return _contains(allowed, pkt.dest)
 
 
-def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: list[str], names: object,
+def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: list[str], names: ExternalNames,
           firewall: list[str] | None) -> Outcome:
     f = pkt.family
     notes: list[str] = []
@@ -191,15 +222,15 @@ def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: li
             return Outcome(src.label, "drop", False, notes=(f"source outside loadBalancerSourceRanges ({ranges})",))
         notes.append(f"loadBalancerSourceRanges: only {ranges} reach it, others are dropped")
     mark = False
-    local_chain = f"{names.local_chain}-v{f}"  # type: ignore[attr-defined]
+    local_chain = f"{names.local_chain}-v{f}"
     if verdict == f"goto {local_chain}":
         if src.pod or src.local:
-            hit = view.get(set_name(names.short_map, f), frontend)  # type: ignore[attr-defined]
+            hit = view.get(set_name(names.short_map, f), frontend)
             mark = src.local and not src.pod
             notes.append("externalTrafficPolicy Local: pods and this node reach every endpoint"
                          + (" (this node masqueraded)" if mark else ""))
         else:
-            hit = view.get(set_name(names.local_map, f), frontend)  # type: ignore[attr-defined]
+            hit = view.get(set_name(names.local_map, f), frontend)
             notes.append("externalTrafficPolicy Local: outside traffic goes to this node's endpoints only, "
                          "source kept")
         verdict = resolve(view, hit[0], LOCAL_DISPATCH) if hit else ""
@@ -252,13 +283,13 @@ def _slots(view: TableView, backends: str, frontend: list[str], count: int, note
     return tuple(out)
 
 
-def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], names: object,
+def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], names: AffinityNames,
               notes: list[str]) -> str | None:
     """sessionAffinity: the endpoint a live entry pins this source to ("drop" if it left), else None."""
     f = pkt.family
-    if view.get(set_name(names.frontends, f), frontend) is None:  # type: ignore[attr-defined]
+    if view.get(set_name(names.frontends, f), frontend) is None:
         return None
-    record = view.get(set_name(names.services, f), frontend)  # type: ignore[attr-defined]
+    record = view.get(set_name(names.services, f), frontend)
     timeout = affinity_timeout(resolve(view, record[0], AFFINITY_DISPATCH) if record else None)
     notes.append(f"sessionAffinity ClientIP: a client sticks to its endpoint for {timeout or '?'} s after its last "
                  "new connection")
@@ -267,12 +298,12 @@ def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], n
     if f == 6:
         notes.append("IPv6 affinity entries are keyed by a hash of the client: not looked up")
         return None
-    entry = view.get(set_name(names.entries, f), [src.address, *frontend])  # type: ignore[attr-defined]
+    entry = view.get(set_name(names.entries, f), [src.address, *frontend])
     if entry is None or entry[0] is None:
         notes.append(f"{src.address} has no live affinity entry: balanced as below, then pinned")
         return None
     endpoint = entry[0].split(" . ")
-    if view.get(set_name(names.valid, f), [*frontend, *endpoint]) is None:  # type: ignore[attr-defined]
+    if view.get(set_name(names.valid, f), [*frontend, *endpoint]) is None:
         notes.append(f"{src.address}'s affinity entry points at {entry[0]}, no longer an endpoint: this connection "
                      "is dropped and the entry expired, the client's retry is balanced afresh")
         return "drop"
