@@ -268,3 +268,18 @@ def test_external_ip_and_udp(world: World) -> None:
                   proto="udp") == {"web-2": 5}
     assert explain(world.n1, "198.19.2.12:53", world.pod_client.ip)["outcomes"][0]["verdict"] == "reject", \
         "TCP is not a port of this Service"
+
+
+def test_ipv6_session_affinity_entry_is_found_by_its_hash(world: World) -> None:
+    ip6 = "2001:db8:2::2:11"
+    spec: dict[str, Any] = {"sessionAffinity": "ClientIP", "ipFamilies": ["IPv6"],
+                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
+    world.agents.apply("aff6", [svc("aff6", [ip6], **spec), endpoints_slice("aff6", world.web, family=6)])
+    pod = world.pod_client
+    assert pod.ip6 is not None
+    first = world.cluster.probe(pod, ip6, 80, count=1)[0]
+    assert first.ok
+    answer = explain(world.n1, f"[{ip6}]:80", pod.ip6)
+    [pinned] = answer["outcomes"][0]["endpoints"]
+    assert world.pod_of(pinned["address"]) == first.pod and pinned["port"] == 8080, answer
+    assert agrees(world, answer, pod, ip6, 80, pod.ip6, count=10) == {first.pod: 10}

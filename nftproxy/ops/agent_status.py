@@ -83,6 +83,8 @@ class StatusProvider:
         if self.lb_agent is not None:
             announced = self.lb_agent.speaker.stats.announced
             out["load_balancer"] = {"announced": {i: sorted(a) for i, a in sorted(announced.items())}}
+            if getattr(self.lb_agent, "bgp", None) is not None:
+                out["load_balancer"]["bgp_sessions"] = self.lb_agent.bgp.summary()
         return out
 
     def drift(self, attempts: int = 5) -> tuple[Drift | None, dict[str, Any] | None, str | None]:

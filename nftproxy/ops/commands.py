@@ -128,6 +128,10 @@ def status_text(report: dict[str, Any]) -> str:
         else:
             announced = [f"{a} on {i}" for i, addresses in lb["announced"].items() for a in addresses]
             lines.append(f"  LB          announcing {', '.join(announced) if announced else 'nothing'}")
+            for session in lb.get("bgp_sessions") or ():
+                error = f" ({session['last_error']})" if session["last_error"] and not session["established"] else ""
+                lines.append(f"  BGP         {session['peer']} {session['address']}: {session['state']}{error}; "
+                             f"advertising {', '.join(session['prefixes']) or 'nothing'}")
         found = agent.get("drift") or {}
         if "error" in found:
             lines.append(f"  drift       not computed: {found['error']}")

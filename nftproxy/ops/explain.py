@@ -9,6 +9,7 @@ answer is given for each kind of source that is treated differently (pods, this 
 from __future__ import annotations
 
 import json
+import socket
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
@@ -103,6 +104,9 @@ class AffinityNames(Protocol):
 
     @property
     def valid(self) -> str: ...
+
+    @property
+    def ports(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +253,8 @@ def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: li
     elif masq.always:
         mark = True
     endpoints = _slots(view, chain.backends, frontend, chain.count, notes)
-    sticky = _affinity(view, pkt, src, frontend, AFFINITY_IPS if chain.by_address else AFFINITY_NODEPORTS, notes)
+    sticky = _affinity(view, pkt, src, frontend, AFFINITY_IPS if chain.by_address else AFFINITY_NODEPORTS,
+                       f"lb-{chain.kind}-v{f}-{chain.count}", notes)
     if sticky == "drop":
         return Outcome(src.label, "drop", mark, notes=tuple(notes))
     if sticky is not None:
@@ -283,7 +288,7 @@ def _slots(view: TableView, backends: str, frontend: list[str], count: int, note
     return tuple(out)
 
 
-def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], names: AffinityNames,
+def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], names: AffinityNames, chain: str,
               notes: list[str]) -> str | None:
     """sessionAffinity: the endpoint a live entry pins this source to ("drop" if it left), else None."""
     f = pkt.family
@@ -295,10 +300,13 @@ def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], n
                  "new connection")
     if src.address is None:
         return None
-    if f == 6:
-        notes.append("IPv6 affinity entries are keyed by a hash of the client: not looked up")
-        return None
-    entry = view.get(set_name(names.entries, f), [src.address, *frontend])
+    if f == 4:
+        entry = view.get(set_name(names.entries, f), [src.address, *frontend])
+    else:
+        entry = _ipv6_entry(view, pkt, src.address, frontend, names, chain)
+        if entry is not None and entry[0] is not None:
+            port = view.get(set_name(names.ports, f), frontend)
+            entry = (f"{entry[0]} . {port[0] if port else '?'}", entry[1])
     if entry is None or entry[0] is None:
         notes.append(f"{src.address} has no live affinity entry: balanced as below, then pinned")
         return None
@@ -309,6 +317,16 @@ def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], n
         return "drop"
     notes.append(f"{src.address} is pinned to {entry[0]} by a live affinity entry")
     return entry[0]
+
+
+def _ipv6_entry(view: TableView, pkt: Packet, client: str, frontend: list[str], names: AffinityNames,
+                chain: str) -> tuple[str | None, str | None] | None:
+    """IPv6 entries are keyed by two jhashes of client (. address), as the lb chain's rule computes them."""
+    hashes = view.hashes(chain)
+    if len(hashes) != 2:
+        return None
+    data = socket.inet_pton(socket.AF_INET6, client) + socket.inet_pton(socket.AF_INET6, pkt.dest)
+    return view.get(set_name(names.entries, 6), [str(hashes[0](data)), str(hashes[1](data)), *frontend[-2:]])
 
 
 def _unserved(view: TableView, pkt: Packet, key: list[str], sources: list[_Source]) -> Explanation:

@@ -299,3 +299,78 @@ def masquerade_of(rules: list[list[Expression]]) -> Masquerade:
                     return Masquerade(False, str(ip_network(f"{network}/{prefix}", strict=False)))
         return Masquerade(True)
     return Masquerade(False)
+
+
+# --- IPv6 sessionAffinity keys: the kernel's jhash, with the seeds read back from the lb chain's rule ----
+_HASH_LEN, _HASH_MODULUS, _HASH_SEED, _HASH_OFFSET = 3, 4, 5, 6
+_M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Hash:
+    """One `jhash ... mod M seed S [offset O]` of a rule: `length` bytes of registers hashed."""
+
+    length: int
+    modulus: int
+    seed: int
+    offset: int = 0
+
+    def __call__(self, data: bytes) -> int:
+        return ((jhash(data[:self.length], self.seed) * self.modulus) >> 32) + self.offset  # reciprocal_scale
+
+
+def _rol(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    a = (a - c) & _M32; a ^= _rol(c, 4); c = (c + b) & _M32  # noqa: E702 - lookup3's own layout
+    b = (b - a) & _M32; b ^= _rol(a, 6); a = (a + c) & _M32  # noqa: E702
+    c = (c - b) & _M32; c ^= _rol(b, 8); b = (b + a) & _M32  # noqa: E702
+    a = (a - c) & _M32; a ^= _rol(c, 16); c = (c + b) & _M32  # noqa: E702
+    b = (b - a) & _M32; b ^= _rol(a, 19); a = (a + c) & _M32  # noqa: E702
+    c = (c - b) & _M32; c ^= _rol(b, 4); b = (b + a) & _M32  # noqa: E702
+    return a, b, c
+
+
+def _final(a: int, b: int, c: int) -> int:
+    c ^= b; c = (c - _rol(b, 14)) & _M32  # noqa: E702
+    a ^= c; a = (a - _rol(c, 11)) & _M32  # noqa: E702
+    b ^= a; b = (b - _rol(a, 25)) & _M32  # noqa: E702
+    c ^= b; c = (c - _rol(b, 16)) & _M32  # noqa: E702
+    a ^= c; a = (a - _rol(c, 4)) & _M32  # noqa: E702
+    b ^= a; b = (b - _rol(a, 14)) & _M32  # noqa: E702
+    c ^= b; c = (c - _rol(b, 24)) & _M32  # noqa: E702
+    return c
+
+
+def jhash(key: bytes, seed: int) -> int:
+    """Linux's jhash() (Bob Jenkins' lookup3, include/linux/jhash.h), words read in host byte order."""
+    length = len(key)
+    a = b = c = (0xDEADBEEF + length + seed) & _M32
+    k = 0
+    while length > 12:
+        a = (a + int.from_bytes(key[k:k + 4], sys.byteorder)) & _M32
+        b = (b + int.from_bytes(key[k + 4:k + 8], sys.byteorder)) & _M32
+        c = (c + int.from_bytes(key[k + 8:k + 12], sys.byteorder)) & _M32
+        a, b, c = _mix(a, b, c)
+        length -= 12
+        k += 12
+    if length == 0:
+        return c
+    tail = key[k:] + b"\0" * (12 - length)  # the switch's fall-through adds the bytes that are there
+    a = (a + int.from_bytes(tail[0:4], "little")) & _M32
+    b = (b + int.from_bytes(tail[4:8], "little")) & _M32
+    c = (c + int.from_bytes(tail[8:12], "little")) & _M32
+    return _final(a, b, c)
+
+
+def hashes_of(rules: list[list[Expression]]) -> tuple[Hash, ...]:
+    """The jhash expressions of the first rule that has any (an lb chain's sessionAffinity steer)."""
+    for rule in rules:
+        found = tuple(Hash(*(int.from_bytes(e.attrs.get(a, b"\0\0\0\0")[:4], "big")
+                             for a in (_HASH_LEN, _HASH_MODULUS, _HASH_SEED, _HASH_OFFSET)))
+                      for e in rule if e.name == "hash" and _HASH_SEED in e.attrs)
+        if found:
+            return found
+    return ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Protocol
 
-from .layout import TABLE, Codec, Masquerade, masquerade_of
+from .layout import TABLE, Codec, Hash, Masquerade, hashes_of, masquerade_of
 from .netlink import NetlinkError, NetlinkReader, SetInfo, local_addresses
 
 
@@ -25,6 +25,8 @@ class TableView(Protocol):
 
     def masquerade(self, chain: str) -> Masquerade: ...
 
+    def hashes(self, chain: str) -> tuple[Hash, ...]: ...
+
     def is_local(self, address: str) -> bool: ...
 
 
@@ -39,6 +41,7 @@ class LiveTable:
         self.sets: dict[str, SetInfo] = self.reader.sets(table)
         self.codec = cache(self._codec)
         self.masquerade = cache(self._masquerade)
+        self.hashes = cache(self._hashes)
         self._local: frozenset[str] | None = None
 
     def _codec(self, set_name: str) -> Codec:
@@ -70,6 +73,12 @@ class LiveTable:
             return masquerade_of(self.reader.rules(self.table, chain))
         except NetlinkError:
             return Masquerade(False)
+
+    def _hashes(self, chain: str) -> tuple[Hash, ...]:
+        try:
+            return hashes_of(self.reader.rules(self.table, chain))
+        except NetlinkError:
+            return ()
 
     def is_local(self, address: str) -> bool:
         if self._local is None:
