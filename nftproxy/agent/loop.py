@@ -101,15 +101,19 @@ class SyncLoop:
     def _note_trigger_time(self, obj: Any) -> None:
         if obj.get("kind") != "EndpointSlice":
             return
-        meta = obj.get("metadata") or {}
-        text = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
-        service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if not text or not service:
+        # the object is not parsed yet (the proxier refuses it by name): read it without trusting its shape
+        meta = obj.get("metadata")
+        annotations = meta.get("annotations") if isinstance(meta, dict) else None
+        labels = meta.get("labels") if isinstance(meta, dict) else None
+        text = annotations.get(TRIGGER_ANNOTATION) if isinstance(annotations, dict) else None
+        service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+        if not isinstance(text, str) or not isinstance(service, str) or not service:
             return
         when = parse_rfc3339(text)
         if when is None:
             return
-        ref = ObjectRef(str(meta.get("namespace") or "default"), str(service))
+        namespace = meta.get("namespace")  # as object_ref reads it, so the sync finds this Service
+        ref = ObjectRef(namespace if isinstance(namespace, str) and namespace else "default", service)
         self.trigger_times[ref] = min(when, self.trigger_times.get(ref, when))
 
     # --- syncing ---------------------------------------------------------------------------------

@@ -84,6 +84,14 @@ class _Checker:
             raise self.fail(field, f"must be a list, got {type(value).__name__}")
         return value
 
+    def text(self, value: str, field: str) -> None:
+        """Text that becomes part of the nftables script (comments): it must encode as UTF-8. JSON escapes
+        can carry lone surrogates ("\\ud800"), which Python decodes and no encoder takes back."""
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise self.fail(field, "not valid Unicode text (holds a lone surrogate)") from None
+
     def port(self, value: Any, field: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(field, f"must be an integer port, got {value!r}")
@@ -94,7 +102,7 @@ class _Checker:
     def protocol(self, value: Any, field: str) -> Protocol:
         if value is None:
             return "tcp"
-        if value not in PROTOCOLS:
+        if not isinstance(value, str) or value not in PROTOCOLS:  # a list or dict is no key: refuse, not crash
             raise self.fail(field, f"unknown protocol {value!r} (accepted: TCP, UDP, SCTP)")
         return PROTOCOLS[value]
 
@@ -112,6 +120,8 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
     check.mapping(obj.get("metadata"), "metadata")
     if not ref.name:
         raise check.fail("metadata.name", "missing or not a string")
+    check.text(ref.namespace, "metadata.namespace")
+    check.text(ref.name, "metadata.name")
     spec = check.mapping(obj.get("spec"), "spec")
     svc_type = spec.get("type") or "ClusterIP"
     if svc_type == "ExternalName":
@@ -132,7 +142,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
         raise check.fail("spec.clusterIPs", f"at most one address per family, got {list(cluster_ips)}")
     declared = check.sequence(spec.get("ipFamilies"), "spec.ipFamilies")
     for i, fam in enumerate(declared[: len(cluster_ips)]):
-        want = {"IPv4": 4, "IPv6": 6}.get(fam)
+        want = {"IPv4": 4, "IPv6": 6}.get(fam) if isinstance(fam, str) else None
         if want is None:
             raise check.fail(f"spec.ipFamilies[{i}]", f"unknown family {fam!r} (accepted: IPv4, IPv6)")
         if want != families[i]:
@@ -151,6 +161,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
         name = raw.get("name") or ""
         if not isinstance(name, str):
             raise check.fail(f"spec.ports[{i}].name", f"must be a string, got {name!r}")
+        check.text(name, f"spec.ports[{i}].name")
         if name in seen_names:
             raise check.fail(f"spec.ports[{i}].name", f"duplicate port name {name!r}")
         if len(raw_ports) > 1 and not name:
@@ -283,7 +294,7 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
     if address_type == "FQDN":
         return None
     families: dict[Any, Family] = {"IPv4": 4, "IPv6": 6}
-    if address_type not in families:
+    if not isinstance(address_type, str) or address_type not in families:
         raise check.fail("addressType", f"unknown address type {address_type!r} (accepted: IPv4, IPv6, FQDN)")
     family = families[address_type]
     annotations = check.mapping(meta.get("annotations"), "metadata.annotations")
@@ -297,6 +308,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
     for i, raw in enumerate(check.sequence(obj.get("ports"), "ports")):
         raw = check.mapping(raw, f"ports[{i}]")
         name = raw.get("name") or ""
+        if not isinstance(name, str):
+            raise check.fail(f"ports[{i}].name", f"must be a string, got {name!r}")
         if name in seen:
             raise check.fail(f"ports[{i}].name", f"duplicate port name {name!r}")
         seen.add(name)
@@ -368,6 +381,11 @@ def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: s
                 str(check.mapping(z, f"endpoints[{i}].hints.forZones[{j}]").get("name") or "")
                 for j, z in enumerate(check.sequence(hints.get("forZones"), f"endpoints[{i}].hints.forZones"))
             )
+    node_name, zone = raw.get("nodeName") or None, raw.get("zone") or None
+    if node_name is not None and type(node_name) is not str:
+        raise check.fail(f"endpoints[{i}].nodeName", f"must be a string, got {node_name!r}")
+    if zone is not None and type(zone) is not str:
+        raise check.fail(f"endpoints[{i}].zone", f"must be a string, got {zone!r}")
     target_name = None
     target = raw.get("targetRef")
     if target is not None:
@@ -378,8 +396,8 @@ def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: s
         ready,
         ready if serving is None else bool(serving),
         False if terminating is None else bool(terminating),
-        raw.get("nodeName") or None,
-        raw.get("zone") or None,
+        node_name,
+        zone,
         zone_hints,
         target_name,
         weight,
