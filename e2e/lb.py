@@ -199,6 +199,20 @@ class LBWorld:
                 subprocess.run(["ip", "netns", "exec", here.netns, "nft", "delete", "table", "inet",
                                 "nfp_partition"], check=False)
 
+    def diagnose(self, ip: str) -> str:
+        """What a failed assertion about `ip` should show: who answers, what each node announces, the
+        client's neighbour entry, and the LoadBalancer lines of each agent's log."""
+        lines = [f"{ip}: answering {self.who_answers(ip) if ':' not in ip else '(NDP)'}, client learned "
+                 f"{self.learned(ip)}"]
+        for agent in self.agents:
+            try:
+                announced = self.metric(agent.node.name, "nftproxy_lb_announced")
+            except Exception as err:  # noqa: BLE001 - a diagnosis must not fail
+                announced = f"metrics unavailable: {err}"  # type: ignore[assignment]
+            lb_lines = [line for line in agent.lines if "nftproxy.lb" in line or "membership" in line][-8:]
+            lines.append(f"--- {agent.node.name}: announcing {announced}\n" + "\n".join(lb_lines))
+        return "\n".join(lines)
+
     def agent(self, node_name: str) -> NodeAgent:
         return next(a for a in self.agents if a.node.name == node_name)
 

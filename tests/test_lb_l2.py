@@ -172,8 +172,8 @@ def test_split_brain_settles_on_the_deterministic_winner(world: LBWorld) -> None
             pass
         settled = time.monotonic() - split_at
         print(f"split brain settled in {settled * 1000:.0f} ms")
-        assert world.who_answers(ip) == [winner.name]
-        assert settled < 2.0
+        assert world.who_answers(ip) == [winner.name], world.diagnose(ip)
+        assert settled < 2.0, world.diagnose(ip)
         after = world.metric(winner.name, "nftproxy_lb_announcement_conflicts") + \
             world.metric(runner_up.name, "nftproxy_lb_announcement_conflicts")
         assert after > before, "the conflict is counted"
@@ -204,7 +204,7 @@ def test_dual_stack_service_gets_one_address_per_family(world: LBWorld) -> None:
     ips = world.wait_ingress("dual", count=2)
     assert [":" in ip for ip in ips] == [False, True], ips
     for ip in ips:
-        assert world.eventually_served(ip).ok, ip
+        assert world.eventually_served(ip).ok, world.diagnose(ip)
     svc = world.core.read_namespaced_service("dual", "default")
     assert svc.metadata.annotations.get("metallb.io/ip-allocated-from-pool") == "lan"
     assert {i.ip_mode for i in svc.status.load_balancer.ingress} == {"VIP"}
