@@ -367,6 +367,8 @@ def test_sessions_that_do_not_come_up_get_one_event_naming_peer_and_reason() -> 
     assert sample(metrics, "nftproxy_lb_bgp_session_up", peer="tor", address="198.18.0.254") == 1
     assert sample(metrics, "nftproxy_lb_bgp_prefixes_advertised", peer="tor", address="198.18.0.254") == 3
     assert sample(metrics, "nftproxy_lb_bgp_session_state", peer="tor", address="198.18.0.254", state="Active") is None
+    assert speaker.summary() == [{"peer": f"{NS}/tor", "address": "198.18.0.254", "state": "Established",
+                                  "established": True, "last_error": "", "prefixes": []}]
 
 
 def test_a_password_from_a_secret_opens_the_session_and_an_unreadable_one_is_reported() -> None:

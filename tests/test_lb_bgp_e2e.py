@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -67,6 +68,8 @@ def test_the_router_learns_each_address_from_every_node_and_the_client_reaches_i
     for node in sorted(ALL):
         assert world.lb.metric(node, "nftproxy_lb_bgp_session_up") == 2, node  # IPv4 and IPv6 sessions
         assert world.lb.metric(node, f'nftproxy_lb_bgp_advertised{{ip="{ip}",peer="router"}}') == 1, node
+    status = world.cluster.exec(world.node("node-1"), [sys.executable, "-m", "nftproxy", "status"]).stdout
+    assert f"BGP         metallb-system/router 198.18.0.254: Established; advertising {ip}/32" in status, status
 
     # a changed address: the old one leaves, the new one comes
     world.lb.core.patch_namespaced_service("web", "default", {"metadata": {"annotations": {

@@ -101,6 +101,7 @@ class BGPSpeaker:
         self._watch: dict[str, _SessionWatch] = {}  # BIRD protocol name ->
         self._advertised_labels: set[tuple[str, str]] = set()
         self._session_labels: dict[str, tuple[str, str, str]] = {}  # name -> (peer, address, state)
+        self._protocols: Mapping[str, ProtocolStatus] = {}  # BIRD's last answer (replaced, never changed)
 
     # --- inputs (on the loop) ---------------------------------------------------------------------
     def handle(self, item: Any) -> None:
@@ -225,6 +226,7 @@ class BGPSpeaker:
     # --- status (from the supervisor, through the loop) ------------------------------------------------
     def status(self, item: BGPStatus) -> None:
         now = self.clock()
+        self._protocols = item.protocols
         for name, watch in self._watch.items():
             proto = item.protocols.get(name)
             up = proto is not None and proto.established
@@ -275,6 +277,19 @@ class BGPSpeaker:
                 "the BGP speaker is not running"
         state = proto.bgp_state or proto.info or proto.state
         return f"{state}: {proto.last_error}" if proto.last_error else f"{state} (no answer from the peer yet)"
+
+    def summary(self) -> list[dict[str, Any]]:
+        """This node's sessions for `nftproxy status` (read from the HTTP thread: immutable inputs only)."""
+        protocols = self._protocols
+        out = []
+        for s in self.plan.sessions:
+            proto = protocols.get(s.name)
+            out.append({"peer": str(s.peer.ref), "address": s.peer.address,
+                        "state": (proto.bgp_state or proto.info) if proto is not None else "NotRunning",
+                        "established": bool(proto and proto.established),
+                        "last_error": proto.last_error if proto is not None else "",
+                        "prefixes": [r.prefix for r in s.routes]})
+        return out
 
     # --- metrics ----------------------------------------------------------------------------------------
     def _session_metrics(self, name: str, peer: BGPPeer, up: bool, state: str, prefixes: int) -> None:
