@@ -4,7 +4,7 @@
 #   bash e2e/bootstrap.sh test [pytest args] run every test, kernel tests included
 #   bash e2e/bootstrap.sh bench [args]      the benchmark (nftproxy bench --help)
 # It installs what it needs: Debian packages (nftables, libnftables1, conntrack, iproute2, iptables for the
-# kube-proxy migration test, python3-venv)
+# kube-proxy migration test, bird2 for BGP mode and its test router, python3-venv)
 # and the package with its test extras into .venv at the top of the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 
-packages=(nftables libnftables1 conntrack iproute2 iptables)
+packages=(nftables libnftables1 conntrack iproute2 iptables bird2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do

@@ -171,10 +171,14 @@ def test_the_agent_without_the_loadbalancer_component_leaves_loadbalancers_alone
     assert "--no-load-balancer" not in args(kustomize(DEPLOY))
 
 
+# components a user adds to the build when needed (deploy/README.md)
+OPTIONAL_COMPONENTS = {DEPLOY / "components" / "bgp-password-secrets"}
+
+
 def test_no_manifest_is_left_out_of_the_full_build() -> None:
     built = {object_id(o) for o in kustomize(DEPLOY)}
     for path in yaml_files():
-        if path.name in ("kustomization.yaml", "kind-config.yaml"):
+        if path.name in ("kustomization.yaml", "kind-config.yaml") or path.parent in OPTIONAL_COMPONENTS:
             continue
         for doc in load_docs(path):
             assert object_id(doc) in built, f"{path.relative_to(ROOT)}: {object_id(doc)} is in no kustomization"
@@ -290,7 +294,7 @@ def test_the_schema_check_catches_a_misspelt_field(daemonset: dict[str, Any]) ->
 
 GET_LIST_WATCH = {"get", "list", "watch"}
 WRITE_EVENTS = {"create", "patch", "update"}
-METALLB_RESOURCES = ("ipaddresspools", "l2advertisements", "bgpadvertisements", "bgppeers")
+METALLB_RESOURCES = ("ipaddresspools", "l2advertisements", "bgpadvertisements", "bgppeers", "bfdprofiles")
 ALLOWED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
     ("ClusterRole", "nftproxy"): {
         ("", "services"): GET_LIST_WATCH,
@@ -354,6 +358,17 @@ def test_rbac_is_least_privilege(build: tuple[str, list[dict[str, Any]]]) -> Non
     # ... and exactly what the agent needs, so the allow-list cannot rot into a superset
     for key in expected_roles:
         assert granted(roles[key]) == ALLOWED[key], key
+
+
+def test_the_password_secrets_component_grants_get_on_secrets_and_nothing_else() -> None:
+    (directory,) = OPTIONAL_COMPONENTS
+    objects = kustomize(directory, kind="Component")
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert granted(role) == {("", "secrets"): {"get"}}
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "metallb-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nftproxy", "namespace": NAMESPACE}]
 
 
 def test_bindings_grant_only_our_roles_to_our_service_account(build: tuple[str, list[dict[str, Any]]]) -> None:
@@ -426,10 +441,13 @@ METALLB_KINDS: dict[str, tuple[str, set[str], set[str], dict[str, Any], set[str]
     "BGPAdvertisement": ("v1beta1", {"ipAddressPools", "ipAddressPoolSelectors", "nodeSelectors",
                                      "aggregationLength", "aggregationLengthV6", "localPref", "communities",
                                      "peers"}, set(), {"aggregationLength": 32, "aggregationLengthV6": 128}, set()),
-    "BGPPeer": ("v1beta2", {"myASN", "peerASN", "peerAddress", "peerPort", "sourceAddress", "holdTime",
-                            "keepaliveTime", "connectTime", "nodeSelectors", "password", "passwordSecret",
-                            "bfdProfile", "ebgpMultiHop", "vrf", "routerID"},
-                {"myASN", "peerASN", "peerAddress"}, {"peerPort": 179}, set()),
+    "BGPPeer": ("v1beta2", {"myASN", "peerASN", "dynamicASN", "peerAddress", "interface", "peerPort", "sourceAddress",
+                            "holdTime", "keepaliveTime", "connectTime", "nodeSelectors", "password", "passwordSecret",
+                            "bfdProfile", "ebgpMultiHop", "enableGracefulRestart", "vrf", "routerID", "disableMP",
+                            "dualStackAddressFamily"},
+                {"myASN"}, {"peerPort": 179, "disableMP": False, "dualStackAddressFamily": False}, set()),
+    "BFDProfile": ("v1beta1", {"receiveInterval", "transmitInterval", "detectMultiplier", "echoInterval", "echoMode",
+                               "passiveMode", "minimumTtl"}, set(), {}, set()),
 }
 LABEL_SELECTOR_FIELDS = {("IPAddressPool", "serviceAllocation.namespaceSelectors"),
                          ("IPAddressPool", "serviceAllocation.serviceSelectors"),
@@ -578,7 +596,7 @@ def test_container_has_net_admin_and_is_not_privileged(container: dict[str, Any]
     sc = container["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert "NET_ADMIN" in sc["capabilities"]["add"]
-    assert set(sc["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW"}
+    assert set(sc["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}  # the last: BIRD, TCP 179
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc.get("runAsUser", 0) == 0, "added capabilities are effective for uid 0 only"
 
