@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import queue
 import signal
@@ -193,6 +194,34 @@ class _AloneMembership:
         return True
 
 
+class _GCPauses:
+    """The cyclic garbage collector's pauses in this process (they stop every thread)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.longest = 0.0
+        self.full = 0
+        self._started = 0.0
+
+    def install(self) -> _GCPauses:
+        import gc
+
+        gc.callbacks.append(self._callback)
+        return self
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.total += pause
+        self.longest = max(self.longest, pause)
+        self.full += info.get("generation") == 2
+
+    def summary(self) -> dict[str, float]:
+        return {"seconds": round(self.total, 3), "longest_ms": round(self.longest * 1000, 1), "full": self.full}
+
+
 def run_allocator(kubeconfig: str | None, standin_inprocess: bool, workdir: str, profile: str | None) -> int:
     """The allocator side, as `nftproxy run` wires it (see the module docstring). Prints `ready ...` once
     it holds the lease and every watcher has listed, and its statistics as JSON on SIGTERM."""
@@ -239,6 +268,7 @@ def run_allocator(kubeconfig: str | None, standin_inprocess: bool, workdir: str,
 
         agent._thread = threading.Thread(target=profiled, name="lb-loop", daemon=True)
 
+    gc_pauses = _GCPauses().install()
     stop = threading.Event()
     watchers = [
         ResourceWatcher("Service", core.list_service_for_all_namespaces, agent.queue, stop),
@@ -254,15 +284,25 @@ def run_allocator(kubeconfig: str | None, standin_inprocess: bool, workdir: str,
     while not done.is_set() and not (agent.controller.leading and not agent.waiting_for):
         done.wait(0.02)
     print(f"ready {kubeconfig}", flush=True)
-    done.wait()
+    peaks = {"loop_queue": 0, "writes_in_flight": 0, "event_queue": 0}
+    while not done.wait(0.5):  # where a backlog builds up: the loop's queue, the writes, the Events
+        now = {"loop_queue": agent.queue.qsize(), "writes_in_flight": len(agent.controller.inflight),
+               "event_queue": recorder._queue.qsize()}
+        peaks = {k: max(v, now[k]) for k, v in peaks.items()}
+        if any(now.values()):
+            logging.getLogger("nftproxy.bench_lb").info("backlog: %s", now)
     agent._stop.set()
     agent._thread.join(timeout=5)
     stop.set()
     if profiler is not None:
         profiler.dump_stats(profile)
+    import gc
+
+    gc.unfreeze()
+    cyclic_garbage = gc.collect()  # what freezing kept from the collector, had it been garbage
     stats = {"status_writes": agent.controller.writes, "pending": len(agent.controller.pending),
              "inflight": len(agent.controller.inflight), "responder_sets": responder.sets,
-             "queue_left": agent.queue.qsize()}
+             "queue_left": agent.queue.qsize(), "peaks": peaks, "gc": {**gc_pauses.summary(), "garbage_after_unfreeze": cyclic_garbage}}
     print("stats " + json.dumps(stats), flush=True)
     if api is not None:
         api.stop()

@@ -144,3 +144,21 @@ def test_pool_usage_is_reported_at_most_once_per_interval() -> None:
     clock[0] += 5
     ctl.reconcile()
     assert len(usage) == 2  # nothing changed since
+
+
+def test_events_that_change_nothing_the_decision_reads_reuse_it(monkeypatch: Any) -> None:
+    from nftproxy.lb import controller as module
+
+    parsed: list[str] = []
+    real = module.parse_request
+    monkeypatch.setattr(module, "parse_request", lambda obj: parsed.append(obj["metadata"]["resourceVersion"]) or real(obj))
+    ctl, view, writer = controller()
+    see(ctl, view, service(1))
+    see(ctl, view, service(2, "10.0.0.0"))  # our own writes coming back: nothing to parse or check again
+    see(ctl, view, service(3, "10.0.0.0", annotated=True))
+    assert parsed == ["1"] and len(writer.sent) == 1
+    see(ctl, view, service(4, "10.0.0.0", annotated=True, port=81))  # a spec change is decided afresh
+    assert parsed == ["1", "4"] and len(writer.sent) == 1
+    view.changes.everything = True  # so are all Services when pools or namespaces change
+    ctl.reconcile()
+    assert parsed == ["1", "4", "4"]

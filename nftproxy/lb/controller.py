@@ -120,6 +120,7 @@ class AllocatorController:
         self.inflight: dict[ObjectRef, StatusWrite] = {}
         self.skipped: dict[ObjectRef, str] = {}  # resourceVersion of an object not written for: same write in flight
         self.landed: dict[ObjectRef, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}  # see _write
+        self.decided: dict[ObjectRef, tuple[tuple[Any, ...], Assigned]] = {}  # see _decide
         self._pools_seen: list[Any] = []
         self.writes = 0
 
@@ -134,6 +135,7 @@ class AllocatorController:
         self.allocator = Allocator(pools)
         self._pools_seen = pools
         self.pending.clear()
+        self.decided.clear()
         order = sorted(self.view.services, key=self._age)
         fresh = []
         for ref in order:
@@ -155,6 +157,7 @@ class AllocatorController:
         self.pending.clear()
         self.skipped.clear()
         self.landed.clear()
+        self.decided.clear()
 
     # --- reconciling ----------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -168,6 +171,8 @@ class AllocatorController:
             self._release(ref, obj)
         self.view.released.clear()
         pools = self.view.pool_list()
+        if changes.everything or pools != self._pools_seen:
+            self.decided.clear()  # pools or namespaces changed: every decision is made afresh
         if pools != self._pools_seen:
             moved = self.allocator.set_pools(pools)
             self._pools_seen = pools
@@ -217,33 +222,43 @@ class AllocatorController:
         self.pending.pop(ref, None)
         self.skipped.pop(ref, None)
         self.landed.pop(ref, None)
+        self.decided.pop(ref, None)
         if obj is not None and (obj.get("spec") or {}).get("type") != "LoadBalancer" and status_addresses(obj):
             self._write(ref, obj, (), None)
 
     def _decide(self, ref: ObjectRef, restore: tuple[str, ...] = ()) -> None:
         assert self.allocator is not None
         obj = self.view.services[ref]
-        try:
-            request = parse_request(obj)
-        except InvalidObject as err:
-            self._refuse(ref, f"{err.field}: {err.message}", "InvalidLoadBalancerRequest")
-            return
-        ns_labels = self.view.namespace_labels.get(ref.namespace, {})
-        outcome = (self.allocator.restore(request, restore, ns_labels) if restore
-                   else self.allocator.allocate(request, ns_labels))
+        status = status_addresses(obj)
+        # Most events of a Service change nothing the decision reads (our own status and annotation
+        # writes come back through the watch): then the answer is the one the allocator holds.
+        inputs = _request_inputs(obj)
+        memo = self.decided.pop(ref, None)
+        if not restore and memo is not None and memo[0] == inputs and self.allocator.assigned(ref) == memo[1]:
+            outcome: Assigned | Refused = memo[1]
+        else:
+            try:
+                request = parse_request(obj)
+            except InvalidObject as err:
+                self._refuse(ref, f"{err.field}: {err.message}", "InvalidLoadBalancerRequest")
+                return
+            ns_labels = self.view.namespace_labels.get(ref.namespace, {})
+            outcome = (self.allocator.restore(request, restore, ns_labels) if restore
+                       else self.allocator.allocate(request, ns_labels))
         if isinstance(outcome, Refused):
             self._refuse(ref, outcome.reason, "AllocationFailed")
-            if status_addresses(obj) and not restore:
-                self._write(ref, obj, (), None)  # it held an address it may no longer have
+            if status and not restore:
+                self._write(ref, obj, (), None, status)  # it held an address it may no longer have
             return
         assert isinstance(outcome, Assigned)
+        self.decided[ref] = (inputs, outcome)
         was_pending = self.pending.pop(ref, None) is not None
-        if status_addresses(obj) != outcome.ips:
-            if self.events is not None and (was_pending or not status_addresses(obj)):
+        if status != outcome.ips:
+            if self.events is not None and (was_pending or not status):
                 self.events.record("Service", ref, "IPAllocated",
                                    f"Assigned IP {list(outcome.ips)} from pool {outcome.pool!r}", "Normal")
             log.info("Service %s: assigned %s from pool %s", ref, ", ".join(outcome.ips), outcome.pool)
-        self._write(ref, obj, outcome.ips, outcome.pool)
+        self._write(ref, obj, outcome.ips, outcome.pool, status)
 
     def _refuse(self, ref: ObjectRef, why: str, reason: str) -> None:
         if self.pending.get(ref) == why:
@@ -253,13 +268,16 @@ class AllocatorController:
         if self.events is not None:
             self.events.record("Service", ref, reason, why)
 
-    def _write(self, ref: ObjectRef, obj: Mapping[str, Any], ips: tuple[str, ...], pool: str | None) -> None:
+    def _write(self, ref: ObjectRef, obj: Mapping[str, Any], ips: tuple[str, ...], pool: str | None,
+               status: tuple[str, ...] | None = None) -> None:
+        if status is None:
+            status = status_addresses(obj)
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         annotate = annotations.get(ALLOCATED_FROM_ANNOTATION) != pool and (pool is not None or
                                                                          ALLOCATED_FROM_ANNOTATION in annotations)
         rv = _rv(obj)
         landed = self.landed.pop(ref, None)
-        if status_addresses(obj) == ips and not annotate:
+        if status == ips and not annotate:
             self.inflight.pop(ref, None)
             self.skipped.pop(ref, None)
             return
@@ -285,6 +303,15 @@ class AllocatorController:
         self._usage_at = self.clock()
         if self.on_usage is not None and self.allocator is not None:
             self.on_usage(self.allocator.pool_usage())
+
+
+def _request_inputs(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What `parse_request` reads of a Service (the pool annotation we write aside), for comparing."""
+    meta = obj.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if ALLOCATED_FROM_ANNOTATION in annotations:
+        annotations = {k: v for k, v in annotations.items() if k != ALLOCATED_FROM_ANNOTATION}
+    return obj.get("spec"), meta.get("labels"), annotations
 
 
 def _rv(obj: Mapping[str, Any]) -> str:
