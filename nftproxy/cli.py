@@ -169,8 +169,10 @@ def lb_settings(args: argparse.Namespace, file: FileSettings) -> LBSettings:
     for flag, value in (("--lb-heartbeat-interval", args.lb_heartbeat_interval),
                         ("--lb-heartbeat-timeout", args.lb_heartbeat_timeout),
                         ("--lb-lease-duration", args.lb_lease_duration)):
-        if value <= 0:
-            raise ConfigError(f"{flag}: must be greater than 0")
+        if not value > 0 or value == float("inf"):  # nan and inf pass argparse's float()
+            raise ConfigError(f"{flag}: must be a finite number greater than 0, got {value}")
+    if args.lb_handover != args.lb_handover or args.lb_handover == float("inf"):
+        raise ConfigError(f"--lb-handover: must be a finite number of seconds, got {args.lb_handover}")
     if args.lb_heartbeat_timeout <= args.lb_heartbeat_interval:
         raise ConfigError("--lb-heartbeat-timeout: must be longer than --lb-heartbeat-interval")
     restart = getattr(args, "lb_bgp_restart_time", 120)

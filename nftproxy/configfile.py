@@ -6,6 +6,7 @@ the field and what it accepts, the way kube-proxy's strict decoding does.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ def parse_duration(field: str, value: Any) -> float:
         raise ConfigError(f"{field}: expected a duration such as 1s, 500ms or 1h0m0s, got {value!r}")
     if seconds < 0:
         raise ConfigError(f"{field}: must not be negative, got {value!r}")
+    if not math.isfinite(seconds):  # "nan", "inf", 1e400: a period no timer can keep
+        raise ConfigError(f"{field}: expected a finite duration such as 1s, 500ms or 1h0m0s, got {value!r}")
     return seconds
 
 
@@ -52,7 +55,7 @@ def parse_bind_address(field: str, value: Any) -> tuple[str, int] | None:
         raise ConfigError(f"{field}: expected host:port such as 0.0.0.0:10256, got {value!r}")
     host, _, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:  # not "²"
         raise ConfigError(f"{field}: port must be 0-65535, got {value!r}")
     return host, int(port_text)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import queue
 import subprocess
@@ -57,8 +58,10 @@ HOSTILE_NS = "hostile"  # hostile ones: 203.0.113.0/24, 2001:db8:bad::/64, nodeP
 LABEL = "kubernetes.io/service-name"
 # NFP_NO_SHRINK=1 while developing: report the first failing draw at once (shrinking names can take minutes)
 PHASES = [hypothesis.Phase.generate] if os.environ.get("NFP_NO_SHRINK") else list(hypothesis.Phase)
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                database=None, phases=PHASES)
+# NFP_HYPOTHESIS_EXAMPLES=2000: a longer hunt, randomised (CI keeps the same 25 draws every run)
+EXAMPLES = int(os.environ.get("NFP_HYPOTHESIS_EXAMPLES", "0"))
+FAST = settings(max_examples=EXAMPLES or 25, deadline=None, suppress_health_check=list(HealthCheck),
+                derandomize=not EXAMPLES, database=None, phases=PHASES)
 
 # --- values ---------------------------------------------------------------------------------------------
 ODD_TEXT = st.one_of(
@@ -410,3 +413,209 @@ def test_lone_surrogates_from_json_manifests_are_refused_by_name(tmp_path: Path)
                           "--node-name", NODE], capture_output=True, timeout=120, cwd=REPO)
     assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr.decode()[-2000:]
     assert b"good/fine:http" in out.stdout
+
+
+# --- through the API: the stand-in's raw store -> ResourceWatchers -> the sync loop, Events recorded ---------
+RESOURCES = {"Service": "services", "EndpointSlice": "endpointslices.discovery.k8s.io", "Node": "nodes"}
+
+
+def storable(obj: Mapping[str, Any]) -> bool:
+    """What an API server can hold at all: an object with a name (a string) under metadata, as JSON."""
+    meta = obj.get("metadata")
+    return (obj.get("kind") in RESOURCES and isinstance(meta, dict) and isinstance(meta.get("name"), str)
+            and bool(meta["name"]) and encodable(obj))
+
+
+class ApiAgent:
+    """The agent's API half as cmd_run wires it, in this process: watchers, queue, loop, Event recorder."""
+
+    def __init__(self, api: Any) -> None:
+        from kubernetes import client
+
+        from nftproxy.agent.kube import ResourceWatcher
+        from nftproxy.agent.recorder import EventRecorder
+
+        api_client = api.client()
+        self.core = client.CoreV1Api(api_client)
+        discovery = client.DiscoveryV1Api(api_client)
+        self.recorder = EventRecorder(self.core, NODE)
+        self.reports: list[InvalidObject] = []
+        self.kernel = FakeKernel()
+
+        def on_invalid(err: InvalidObject) -> None:
+            self.reports.append(err)
+            self.recorder.invalid(err)
+
+        self.proxier = Proxier(CONFIG, self.kernel, on_invalid=on_invalid)
+        self.updates: queue.Queue[Any] = queue.Queue()
+        self.loop = SyncLoop(self.proxier, self.updates, list(RESOURCES), min_sync_period=0)
+        self.stop = threading.Event()
+        self.watchers = [
+            ResourceWatcher("Service", self.core.list_service_for_all_namespaces, self.updates, self.stop),
+            ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, self.updates, self.stop),
+            ResourceWatcher("Node", self.core.list_node, self.updates, self.stop, field_selector=f"metadata.name={NODE}"),
+        ]
+        self.thread = threading.Thread(target=self.loop.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> ApiAgent:
+        for watcher in self.watchers:
+            watcher.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def settled(self, syncs: int, timeout: float = 30.0) -> None:
+        """Wait until the loop made `syncs` syncs and has nothing pending (and is alive)."""
+        deadline = time.monotonic() + timeout
+        while self.loop.sync_count < syncs or self.proxier.pending() or not self.updates.empty():
+            assert self.thread.is_alive(), "the sync loop died"
+            assert all(w.alive() for w in self.watchers), "a watcher died"
+            assert time.monotonic() < deadline, "the agent did not settle"
+            time.sleep(0.05)
+
+    def events(self) -> Counter[tuple[str, str, str]]:
+        items = self.core.list_event_for_all_namespaces().items
+        return Counter((e.involved_object.kind, e.involved_object.namespace, e.involved_object.name) for e in items)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None,
+          phases=PHASES)
+@given(worlds(min_hostile=6, max_hostile=16))
+def test_api_path_raw_objects_never_crash_and_each_refusal_is_one_event(world: tuple[list[Any], list[Any]]) -> None:
+    from e2e.apiserver import ApiServerStandin
+
+    good, hostile = world[0], [o for o in world[1] if storable(o)]
+    with ApiServerStandin(service_cidr="198.19.0.0/16", bookmark_interval=0.5) as api:
+        for namespace in (GOOD_NS, HOSTILE_NS):
+            api.put_raw("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        for obj in [*good, *hostile]:
+            api.put_raw(RESOURCES[obj["kind"]], copy.deepcopy(obj))
+        with ApiAgent(api) as agent:
+            agent.settled(1)
+            assert good_only(good) <= set(agent.kernel.dump())
+            api.cut_watches()  # streams break and resume, then a compaction forces a relist: no new reports
+            agent.settled(1)
+            api.compact()
+            api.cut_watches()
+            time.sleep(1.0)
+            agent.settled(1)
+            expected = {(e.kind, e.ref.namespace, e.ref.name) for e in map(parses, hostile)
+                        if e is not None and e.kind != "Node"}
+            deadline = time.monotonic() + 20
+            while not expected <= set(agent.events()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            events = agent.events()
+            assert expected <= set(events), f"no Event for {expected - set(events)}"
+            assert all(events[key] == 1 for key in expected), events
+            check_reports(agent.reports, hostile)
+            assert good_only(good) <= set(agent.kernel.dump())
+
+
+# --- the config file and the flags -------------------------------------------------------------------------
+CONFIG_KEYS = ["apiVersion", "kind", "clusterCIDR", "nodePortAddresses", "minSyncPeriod", "syncPeriod",
+               "metricsBindAddress", "healthzBindAddress", "hostnameOverride", "masqueradeAll", "clientConnection",
+               "logging", "nftables", "mode", "bindAddress", "loadBalancer", "unknownField"]
+NESTED_KEYS = ["masqueradeAll", "minSyncPeriod", "syncPeriod", "kubeconfig", "format", "enabled",
+               "loadBalancerClass", "leaseNamespace", "heartbeatPort", "qps", "bogus"]
+DURATIONS = st.one_of(st.sampled_from(["1s", "500ms", "1h0m0s", "nan", "inf", "-1s", "1e400", "1.5", "0", "",
+                                       "1h-1s", "١s", "²s", "0x10", " 2s ", "1d", "NaN", "-0"]),
+                      st.floats(), st.integers(-10, 10**30), st.text(max_size=8))
+BINDS = st.one_of(st.sampled_from(["0.0.0.0:10256", "[::]:10249", ":0", "0", "", "host:", "a:b:c:99999",
+                                   "127.0.0.1:٣", "127.0.0.1:²", "127.0.0.1:-1", "127.0.0.1: 80", "[::1]"]),
+                  st.text(max_size=12))
+CONFIG_VALUES = st.one_of(JSONISH, DURATIONS, BINDS, st.sampled_from(["nftables", "KubeProxyConfiguration", "json"]))
+
+
+@st.composite
+def config_docs(draw: st.DrawFn) -> Any:
+    doc = draw(st.dictionaries(st.sampled_from(CONFIG_KEYS), CONFIG_VALUES, max_size=6))
+    for section in ("nftables", "clientConnection", "logging", "loadBalancer"):
+        if draw(st.booleans()):
+            doc[section] = draw(st.dictionaries(st.sampled_from(NESTED_KEYS), CONFIG_VALUES, max_size=3))
+    return draw(st.one_of(st.just(doc), JSONISH))
+
+
+def sane(settings_: Any) -> None:
+    """What a run may start with: finite, non-negative periods; ports in range."""
+    for period in (settings_.min_sync_period, settings_.sync_period):
+        assert math.isfinite(period) and period >= 0, period
+    for bind in (settings_.metrics_bind, settings_.healthz_bind):
+        assert bind is None or (isinstance(bind[0], str) and 0 <= bind[1] <= 65535), bind
+
+
+@FAST
+@given(config_docs())
+def test_any_config_file_is_read_or_refused_with_a_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                                doc: Any) -> None:
+    from nftproxy.cli import build_parser, settings_from_args
+    from nftproxy.configfile import parse_config
+
+    try:
+        parse_config(doc)
+    except ConfigError:
+        pass
+    path = tmp_path_factory.mktemp("config") / "config.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    try:
+        settings_ = settings_from_args(build_parser().parse_args(["run", "--config", str(path), "--node-name", NODE]))
+    except ConfigError:
+        return
+    sane(settings_)
+
+
+FLAGS = {"--cluster-cidr": BINDS | ADDRESSES, "--service-cidr": ADDRESSES, "--nodeport-addresses": ADDRESSES | BINDS,
+         "--min-sync-period": DURATIONS, "--sync-period": DURATIONS, "--metrics-bind-address": BINDS,
+         "--healthz-bind-address": BINDS, "--node-name": ODD_TEXT, "--lb-heartbeat-port": DURATIONS | PORTS,
+         "--lb-heartbeat-interval": DURATIONS, "--lb-heartbeat-timeout": DURATIONS, "--lb-lease-duration": DURATIONS,
+         "--lb-handover": DURATIONS, "--poll-interval": DURATIONS, "--log-format": ODD_TEXT}
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(sorted(FLAGS)), st.none(), max_size=5).flatmap(
+    lambda chosen: st.fixed_dictionaries({flag: FLAGS[flag] for flag in chosen})))
+def test_any_flags_are_taken_or_refused_cleanly(flags: dict[str, Any]) -> None:
+    """argparse refuses (exit 2) or settings_from_args raises ConfigError; else the settings are sane."""
+    from nftproxy.cli import build_parser, settings_from_args
+
+    argv = ["run"]
+    for flag, value in flags.items():
+        argv.append(f"{flag}={value}")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        assert exit_.code == 2
+        return
+    try:
+        settings_ = settings_from_args(args)
+    except ConfigError:
+        return
+    sane(settings_)
+    lb = settings_.lb
+    assert lb is not None
+    for value in (lb.heartbeat_interval, lb.heartbeat_dead_after, lb.lease_duration, lb.handover_seconds):
+        assert math.isfinite(value) and value >= 0, value
+    assert 1 <= lb.heartbeat_port <= 65535
+
+
+@pytest.mark.parametrize("argv", [
+    ["--sync-period", "nan"], ["--min-sync-period", "inf"], ["--sync-period", "1e400"],
+    ["--metrics-bind-address", "127.0.0.1:²"], ["--healthz-bind-address", "[::]:٣٣"],
+    ["--lb-heartbeat-timeout", "nan"], ["--lb-lease-duration", "inf"], ["--lb-handover", "inf"],
+])
+def test_what_the_hunt_found_in_flags_is_a_config_error(argv: list[str]) -> None:
+    """Found by the properties above: each passed (nan periods, an endless handover) or crashed with a
+    bare ValueError (a superscript digit is a digit to str.isdigit, not to int)."""
+    from nftproxy.cli import build_parser, settings_from_args
+
+    with pytest.raises(ConfigError):
+        settings_from_args(build_parser().parse_args(["run", "--node-name", NODE, *argv]))
+
+
+def test_an_address_with_a_nul_is_refused_not_a_crash() -> None:
+    svc = good_service(0, "nul")
+    svc["spec"]["clusterIP"] = "198.19.0.1\x00"
+    with pytest.raises(InvalidObject, match="clusterIPs"):
+        parse_service(svc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -64,7 +65,7 @@ class EventRecorder:
         return {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{ref.name}.{uuid.uuid4().hex[:16]}", "namespace": ref.namespace},
+            "metadata": {"name": event_name(ref.name), "namespace": ref.namespace},
             "involvedObject": {"apiVersion": api_version, "kind": kind, "namespace": ref.namespace,
                                "name": ref.name},
             "reason": reason,
@@ -77,3 +78,10 @@ class EventRecorder:
             "lastTimestamp": stamp,
             "count": 1,
         }
+
+
+def event_name(name: str) -> str:
+    """A name the API accepts (a DNS-1123 subdomain) for an Event about any object: an object stored
+    with a name the API would refuse today (an older or buggy server) must still get its Event."""
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:200] or "object"
+    return f"{base}.{uuid.uuid4().hex[:16]}"

@@ -66,7 +66,7 @@ def ip_text(text: object) -> str:
                     return text
             elif inet_ntop(AF_INET, inet_pton(AF_INET, text)) == text:
                 return text
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             pass  # not canonical (or not an address): the full parse decides, with its own message
     return str(parse_ip(text))
 
