@@ -7,8 +7,9 @@ Used by tests/test_lb_bgp_e2e.py and `python -m e2e.bgp_failover`.
     client 203.0.113.2 ── router 203.0.113.1 | 198.18.0.254 (BIRD, AS 64513) ── LAN ── node-1..3 (AS 64512)
 
 The router is configured as a router in front of a cluster would be: one BGP session per node and per
-family, import all, export nothing, graceful restart helper (BIRD's default), hold time 3 s, and it
-accepts a returning peer at once (`error wait time 1,2`: BIRD's own default waits 60 s after an error).
+family, import all, export nothing, graceful restart helper (BIRD's default), hold time 3 s, BFD offered
+(100 ms x 3: used by the sessions of nodes whose BGPPeer names a BFDProfile), and it accepts a returning
+peer at once (`error wait time 1,2`: BIRD's own default waits 60 s after an error).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ log stderr {{ info, warning, error, fatal, bug }};
 protocol device {{ scan time 10; }}
 protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}
 protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}
+protocol bfd {{ }}
 template bgp nodes {{
     hold time {hold}; keepalive time 1; connect retry time 2; error wait time 1, 2;
+    bfd {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};
 }}
 {peers}
 """
@@ -67,6 +70,23 @@ class BGPWorld:
 
     def delete_peer(self, name: str) -> None:
         self.lb.custom.delete_namespaced_custom_object(GROUP, "v1beta2", POOL_NAMESPACE, "bgppeers", name)
+
+    def bfd_profile(self, name: str, **spec: Any) -> None:
+        body = {"apiVersion": f"{GROUP}/v1beta1", "kind": "BFDProfile",
+                "metadata": {"name": name, "namespace": POOL_NAMESPACE}, "spec": spec}
+        self.lb.custom.create_namespaced_custom_object(GROUP, "v1beta1", POOL_NAMESPACE, "bfdprofiles", body)
+
+    def patch_peer(self, name: str, **spec: Any) -> None:
+        self.lb.custom.patch_namespaced_custom_object(GROUP, "v1beta2", POOL_NAMESPACE, "bgppeers", name,
+                                                      {"spec": spec})
+
+    def wait_established(self, timeout: float = 30.0, family: str = "") -> None:
+        """Until the router's session with every node (n1.., or n1v6.. with family "v6") is established."""
+        deadline = time.monotonic() + timeout
+        while not all("Established" in self.session_state(f"n{n.index}{family}") for n in self.cluster.nodes):
+            if time.monotonic() > deadline:
+                raise AssertionError("sessions not established: " + self.birdc("show", "protocols"))
+            time.sleep(0.05)
 
     def advertisement(self, name: str, **spec: Any) -> None:
         body = {"apiVersion": f"{GROUP}/v1beta1", "kind": "BGPAdvertisement",

@@ -202,3 +202,30 @@ def test_a_dead_node_leaves_the_router_within_the_hold_time_and_comes_back(world
     assert all(r.ok for r in results), results
     assert time.monotonic() - started < 60
     world.lb.delete_service("steady")
+
+
+def test_with_a_bfd_profile_a_dead_link_leaves_the_router_in_under_a_second(world: BGPWorld) -> None:
+    world.bfd_profile("fast", receiveInterval=100, transmitInterval=100, detectMultiplier=3)
+    world.patch_peer("router", bfdProfile="fast")
+    world.lb.service("bfd", [world.lb.pods[0], world.lb.pods[2]])
+    (ip,) = world.lb.wait_ingress("bfd")
+    time.sleep(1.0)  # the sessions restart with BFD
+    world.wait_established()
+    world.wait_next_hops(ip, ALL, timeout=20)
+    deadline = time.monotonic() + 10
+    while (sessions := world.birdc("show", "bfd", "sessions")).count(" Up ") < 3:
+        assert time.monotonic() < deadline, sessions
+        time.sleep(0.1)
+    node = world.node("node-2")
+    cut = time.monotonic()
+    world.cut(node)
+    try:
+        left = world.wait_next_hops(ip, {"node-1", "node-3"}, timeout=HOLD + 2)
+        print(f"with BFD (100 ms x 3): node-2's cable pulled, gone from the router in {left * 1000:.0f} ms")
+        assert time.monotonic() - cut < 1.0
+    finally:
+        world.cut(node, False)
+    back = world.wait_next_hops(ip, ALL, timeout=30)  # its agent never stopped: the session comes back
+    print(f"cable back: node-2 advertised again {back:.2f} s later")
+    world.patch_peer("router", bfdProfile=None)
+    world.lb.delete_service("bfd")
