@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
@@ -37,12 +36,18 @@ class WatchFailed(Exception):
     """A list or watch failed before making any progress."""
 
 
+class UpdateSink(Protocol):
+    """Where a watcher puts what it learns: the sync loop's queue, or a tee/relay in front of it."""
+
+    def put(self, item: Update) -> None: ...
+
+
 class ResourceWatcher:
     def __init__(
         self,
         kind: str,
         list_call: ListCall,
-        updates: queue.Queue[Update],
+        updates: UpdateSink,
         stop: threading.Event,
         field_selector: str | None = None,
         page_size: int = 500,

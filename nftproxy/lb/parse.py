@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..objects.model import PROTOCOLS, ObjectRef
-from ..objects.parse import InvalidObject, _Checker, object_ref
+from ..objects.model import PROTOCOLS
+from ..objects.parse import _Checker, object_ref
 from .model import (
     AddressPool,
     AddressRange,
