@@ -701,22 +701,30 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile() -> None:
     steps = dockerfile_instructions()
-    froms = [arg for op, arg in steps if op == "FROM"]
-    assert froms and all(re.search(r"bookworm-slim|slim-bookworm", f) for f in froms)
+    args = dict(arg.split("=", 1) for op, arg in steps if op == "ARG" and "=" in arg)
+    froms = [arg.split()[0] for op, arg in steps if op == "FROM"]
+    assert froms[0] == "${BASE}" and re.search(r"bookworm-slim|slim-bookworm", args["BASE"])
+    stages = {arg.split()[-1] for op, arg in steps if op == "FROM" and " AS " in arg.upper()}
+    assert set(froms[1:]) <= stages, "every later stage builds on an earlier one"
     runs = " ".join(arg for op, arg in steps if op == "RUN")
     words = set(shlex.split(runs))
-    assert {"nftables", "libnftables1", "conntrack", "iproute2"} <= words
-    assert "pip install --no-cache-dir ." in runs
+    assert {"nftables", "libnftables1", "conntrack", "iproute2", "python3"} <= words
+    assert "--no-cache-dir" in runs and "-r /requirements.txt" in runs, "dependencies from pyproject, no pip cache"
     assert not {"curl", "wget", "git"} & words, "no downloads beyond apt and pip"
     assert "ADD" not in {op for op, _ in steps}
     (entrypoint,) = [arg for op, arg in steps if op == "ENTRYPOINT"]
     assert yaml.safe_load(entrypoint) == ["nftproxy", "run"]
-    # the COPY lines hold everything the wheel is built from
+    # the dependencies' layer sees only pyproject.toml (through the requirements stage), not the source
+    copies = [(i, arg) for i, (op, arg) in enumerate(steps) if op == "COPY"]
+    deps_install = next(i for i, (op, arg) in enumerate(steps) if op == "RUN" and "-r /requirements.txt" in arg)
+    assert all("nftproxy" not in arg.split()[0] for i, arg in copies if i < deps_install)
+    # the COPY lines hold everything the agent's wheel is built from; the e2e test bed stays out
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
     needed = {"pyproject.toml", project["project"]["readme"], *wheel["packages"], *wheel.get("force-include", {})}
-    copied = {src.rstrip("/") for op, arg in steps if op == "COPY" for src in arg.split()[:-1]}
-    assert needed <= copied, f"not copied into the image: {sorted(needed - copied)}"
+    copied = {src.rstrip("/") for _i, arg in copies for src in arg.split()[:-1] if not src.startswith("--")}
+    assert needed - {"e2e"} <= copied, f"not copied into the image: {sorted(needed - copied)}"
     ignored = {line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert not needed & ignored
+    assert not (needed - {"e2e"}) & ignored
+    assert {"e2e", "tests"} <= ignored, "no test harness in the image"
