@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--healthz-bind-address", default=None,
                      help="host:port for /healthz and /livez (default 0.0.0.0:10256)")
     run.add_argument("--log-format", choices=("plain", "json"), default=None)
+    run.add_argument("--no-repair-drift", dest="repair_drift", action="store_false",
+                     help="leave changes other programs make to the table until the next full rebuild (to see "
+                          "them with `nftproxy status`); by default the agent rebuilds the table at once")
     lb = run.add_argument_group("bare-metal LoadBalancer (MetalLB's IPAddressPool, L2Advertisement, BGPPeer, "
                                 "BGPAdvertisement; API mode only)")
     lb.add_argument("--no-load-balancer", dest="lb_enabled", action="store_false", default=None,
@@ -366,7 +369,13 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
 
     cleaner = ConntrackCleaner()
     health_checks = HealthCheckServers(proxy_healthy=lambda: health.healthy(_time.time()))
-    proxier = Proxier(settings.proxy, NftablesKernel(), on_invalid=on_invalid,
+    from .agent.drift import watch_for_drift
+    from .agent.updates import Resync
+
+    kernel: Any = NftablesKernel()
+    if args.repair_drift:
+        kernel = watch_for_drift(kernel, lambda reason: updates.put(Resync(reason)), stop)
+    proxier = Proxier(settings.proxy, kernel, on_invalid=on_invalid,
                       on_stale_flows=lambda flows: cleaner.delete(flows), on_health_checks=health_checks.update)
     after_sync = None
     if lb_agent is not None:

@@ -100,7 +100,8 @@ def test_agent_state_without_the_kernel() -> None:
     loop = SimpleNamespace(ready=lambda: True, waiting_for=set(), failures=0, sync_count=3,
                            last_result=SimpleNamespace(rebuild=False, operations=4, services_synced=1, seconds=0.002))
     health = SimpleNamespace(last_updated=0.0, oldest_pending=None)
-    lb = SimpleNamespace(speaker=SimpleNamespace(stats=SimpleNamespace(announced={"eth0": frozenset({"192.0.2.9"})})))
+    lb = SimpleNamespace(speaker=SimpleNamespace(stats=SimpleNamespace(announced={"eth0": frozenset({"192.0.2.9"})})),
+                         bgp=SimpleNamespace(summary=lambda: [{"peer": "metallb-system/r1", "prefixes": ["192.0.2.10/32"]}]))
     provider = StatusProvider(proxier, loop, health, lb)
     assert proxier.sync() == "synced" and provider.epoch == 2, "syncs are counted (odd while one runs)"
     state = provider.state()
@@ -108,7 +109,8 @@ def test_agent_state_without_the_kernel() -> None:
     assert state["programmed"] == {"services": 1, "elements": 1}
     assert state["invalid"] == [{"kind": "Service", "object": "default/bad",
                                  "reason": "Service default/bad: spec.ports[0].port: bad"}]
-    assert state["load_balancer"] == {"announced": {"eth0": ["192.0.2.9"]}}
+    assert state["load_balancer"] == {"announced": {"eth0": ["192.0.2.9"]},
+                                      "bgp_sessions": [{"peer": "metallb-system/r1", "prefixes": ["192.0.2.10/32"]}]}
     loop.failures = 2
     assert provider.state()["sync"]["state"] == "failing"
 
@@ -139,7 +141,7 @@ def test_status_with_and_without_the_agent(agent_netns: tuple[str, Path]) -> Non
     assert code == 1 and err.count("\n") == 1 and "table inet nftproxy is absent" in err
     agent = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "nftproxy", "run", "--manifests",
                               str(manifests), "--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16",
-                              "--node-name", "node-1", "--poll-interval", "0.1"],
+                              "--node-name", "node-1", "--poll-interval", "0.1", "--no-repair-drift"],
                              env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

@@ -23,7 +23,7 @@ from ..objects.parse import SERVICE_NAME_LABEL
 from .health import HealthState
 from .metrics import Metrics
 from .proxier import Proxier, SyncResult
-from .updates import Delete, SourceState, Update, Upsert
+from .updates import Delete, Resync, SourceState, Update, Upsert
 
 log = logging.getLogger("nftproxy.loop")
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -91,6 +91,8 @@ class SyncLoop:
             self._note_trigger_time(update.obj)
         elif isinstance(update, Delete):
             self.proxier.delete(update.kind, update.namespace, update.name)
+        elif isinstance(update, Resync):  # set here, on the loop's thread: a sync in flight cannot undo it
+            self.proxier.needs_rebuild = True
         if not was_pending and self.proxier.pending():
             now = self.wall_clock()
             if self.health is not None:

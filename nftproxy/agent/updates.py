@@ -29,4 +29,11 @@ class SourceState:
     error: str | None = None
 
 
-Update = Upsert | Delete | SourceState
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Rebuild the table at the next sync: someone else changed it (agent/drift.py)."""
+
+    reason: str
+
+
+Update = Upsert | Delete | SourceState | Resync
