@@ -467,7 +467,7 @@ class ApiAgent:
         self.stop.set()
         self.thread.join(10)
 
-    def settled(self, syncs: int, timeout: float = 30.0) -> None:
+    def settled(self, syncs: int, timeout: float = 90.0) -> None:
         """Wait until the loop made `syncs` syncs and has nothing pending (and is alive)."""
         deadline = time.monotonic() + timeout
         while self.loop.sync_count < syncs or self.proxier.pending() or not self.updates.empty():
@@ -482,7 +482,7 @@ class ApiAgent:
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None,
-          phases=PHASES)
+          phases=[hypothesis.Phase.generate])  # seconds per draw (a server, threads): no shrinking by re-running
 @given(worlds(min_hostile=6, max_hostile=16))
 def test_api_path_raw_objects_never_crash_and_each_refusal_is_one_event(world: tuple[list[Any], list[Any]]) -> None:
     from e2e.apiserver import ApiServerStandin
@@ -504,7 +504,7 @@ def test_api_path_raw_objects_never_crash_and_each_refusal_is_one_event(world: t
             agent.settled(1)
             expected = {(e.kind, e.ref.namespace, e.ref.name) for e in map(parses, hostile)
                         if e is not None and e.kind != "Node"}
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60  # Events are posted by their own thread, with retries
             while not expected <= set(agent.events()) and time.monotonic() < deadline:
                 time.sleep(0.1)
             events = agent.events()
