@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .layout import TABLE
 from .netlink import NetlinkError, NetlinkReader
 from .status import Drift, SnapshotBusy, drift, read_table, summary
 
@@ -97,7 +98,7 @@ class StatusProvider:
                     continue
                 try:
                     with self.reader() as reader:
-                        if not reader.has_table("nftproxy"):
+                        if not reader.has_table(TABLE):
                             return None, None, "table inet nftproxy is absent"
                         if self._last is not None and self._last[0] == (reader.generation(), epoch):
                             return self._last[1], self._last[2], None

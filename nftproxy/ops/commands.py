@@ -75,13 +75,14 @@ def ask_agent(url: str, timeout: float = 10.0) -> tuple[dict[str, Any] | None, s
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Kernel first (absent table: exit 1, one line), then the agent; its drift, or a kernel-only report."""
+    from .layout import TABLE
     from .netlink import NetlinkError, NetlinkReader
     from .status import SnapshotBusy, read_table, summary
 
     started = time.monotonic()
     try:
         with NetlinkReader() as reader:
-            if not reader.has_table("nftproxy"):
+            if not reader.has_table(TABLE):
                 sys.stderr.write("nftproxy status: table inet nftproxy is absent: no agent has synced on this node "
                                  "(or `nftproxy cleanup` removed it)\n")
                 return 1
