@@ -199,9 +199,10 @@ class _GCPauses:
 
     def __init__(self) -> None:
         self.total = 0.0
+        self.cpu = 0.0  # the collecting thread's CPU time: the wall time also counts being descheduled
         self.longest = 0.0
         self.full = 0
-        self._started = 0.0
+        self._started = (0.0, 0.0)
 
     def install(self) -> _GCPauses:
         import gc
@@ -211,15 +212,17 @@ class _GCPauses:
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = (time.perf_counter(), time.thread_time())
             return
-        pause = time.perf_counter() - self._started
+        pause = time.perf_counter() - self._started[0]
+        self.cpu += time.thread_time() - self._started[1]
         self.total += pause
         self.longest = max(self.longest, pause)
         self.full += info.get("generation") == 2
 
     def summary(self) -> dict[str, float]:
-        return {"seconds": round(self.total, 3), "longest_ms": round(self.longest * 1000, 1), "full": self.full}
+        return {"seconds": round(self.total, 3), "cpu_seconds": round(self.cpu, 3),
+                "longest_ms": round(self.longest * 1000, 1), "full": self.full}
 
 
 def run_allocator(kubeconfig: str | None, standin_inprocess: bool, workdir: str, profile: str | None) -> int:
@@ -351,8 +354,9 @@ class _Observer:
                     timeout_seconds=3600, _preload_content=False, _request_timeout=(10, 3700))
                 for line in iter_resp_lines(resp):
                     now = time.monotonic()
-                    if not line:
-                        continue
+                    if not line or ('"ingress"' not in line and ALLOCATED_FROM_ANNOTATION not in line
+                                    and '"ERROR"' not in line):
+                        continue  # a Service just created (decoding it would only cost the measured CPU)
                     event = json.loads(line)
                     obj = event.get("object") or {}
                     meta = obj.get("metadata") or {}
