@@ -93,6 +93,9 @@ class BGPWorld:
                 "metadata": {"name": name, "namespace": POOL_NAMESPACE}, "spec": spec}
         self.lb.custom.create_namespaced_custom_object(GROUP, "v1beta1", POOL_NAMESPACE, "bgpadvertisements", body)
 
+    def delete_advertisement(self, name: str) -> None:
+        self.lb.custom.delete_namespaced_custom_object(GROUP, "v1beta1", POOL_NAMESPACE, "bgpadvertisements", name)
+
     def peer_events(self, name: str) -> list[tuple[str, str, str]]:
         items = self.lb.core.list_namespaced_event(POOL_NAMESPACE).items
         return [(e.type, e.reason, e.message) for e in items

@@ -77,6 +77,12 @@ def test_the_router_learns_each_address_from_every_node_and_the_client_reaches_i
     world.wait_next_hops("198.51.100.77", ALL, timeout=15)
     world.wait_next_hops(ip, set(), timeout=2)
 
+    # the pool no longer advertised: withdrawn; advertised again: back
+    world.delete_advertisement("public")
+    world.wait_next_hops("198.51.100.77", set(), timeout=5)
+    world.advertisement("public", ipAddressPools=["public"])
+    world.wait_next_hops("198.51.100.77", ALL, timeout=10)
+
     started = time.monotonic()
     world.lb.delete_service("web")
     gone = world.wait_next_hops("198.51.100.77", set(), timeout=5)
