@@ -60,7 +60,7 @@ def test_the_router_learns_each_address_from_every_node_and_the_client_reaches_i
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(POOL_V4)
     world.wait_next_hops(ip, ALL, timeout=20)
     routes = world.birdc("show", "route", "for", ip, "all")
-    assert routes.count(f"BGP.next_hop: 198.18.0.1") == 3 and "AS64512" in routes, routes
+    assert routes.count("BGP.next_hop: 198.18.0.1") == 3 and "AS64512" in routes, routes
     results = world.probe(ip, count=30, timeout=2)
     assert all(r.ok for r in results), [r for r in results if not r.ok]
     through = {world.entry_node(r.client) for r in results}
