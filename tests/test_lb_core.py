@@ -312,3 +312,38 @@ def test_dead_node_endpoints_are_marked_not_ready_and_restored() -> None:
     assert back == [Upsert(slice_)]
     f.update(Delete("EndpointSlice", "default", "web-x"))
     assert f.set_dead(frozenset({"node-1"})) == []
+
+
+# --- the controller leaves other controllers' Services alone ------------------------------------------
+def test_a_status_written_by_another_controller_is_left_alone() -> None:
+    from nftproxy.lb.controller import AllocatorController
+    from nftproxy.lb.view import ClusterView
+
+    class Writer:
+        def __init__(self) -> None:
+            self.writes: list[Any] = []
+
+        def submit(self, write: Any) -> None:
+            self.writes.append(write)
+
+    def lb(name: str, ip: str | None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        svc = service(name, annotations=annotations)
+        svc["metadata"]["resourceVersion"] = "5"
+        if ip:
+            svc["status"] = {"loadBalancer": {"ingress": [{"ip": ip}]}}
+        return svc
+
+    view, writer = ClusterView(), Writer()
+    controller = AllocatorController(view, writer)  # type: ignore[arg-type]
+    view.upsert(lb("cloud", "203.0.113.7"))
+    controller.start_leading()
+    assert writer.writes == [] and not controller.pending, "no pool at all: nothing is ours to decide"
+    view.upsert(pool("p", "10.0.0.0/30"))
+    view.upsert(lb("mine", None))
+    controller.reconcile()
+    assert [w.ref.name for w in writer.writes] == ["mine"], "the cloud's status stays; ours gets an address"
+    view.changes.clear()
+    view.upsert(lb("migrated", "203.0.113.8", {"metallb.io/ip-allocated-from-pool": "old"}))
+    controller.reconcile()
+    assert writer.writes[-1].ref.name == "migrated" and writer.writes[-1].ips == ("10.0.0.1",), \
+        "an address we (or MetalLB) allocated that left every pool is replaced"

@@ -116,7 +116,8 @@ class AllocatorController:
         self._usage_due = False
         self._usage_at = float("-inf")
         self.allocator: Allocator | None = None
-        self.pending: dict[ObjectRef, str] = {}  # refused Services -> why (the last Event said so)
+        self.pending: dict[ObjectRef, str] = {}
+        self.foreign: set[ObjectRef] = set()  # Services whose status another controller writes  # refused Services -> why (the last Event said so)
         self.inflight: dict[ObjectRef, StatusWrite] = {}
         self.skipped: dict[ObjectRef, str] = {}  # resourceVersion of an object not written for: same write in flight
         self.landed: dict[ObjectRef, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}  # see _write
@@ -151,6 +152,9 @@ class AllocatorController:
         self.view.released.clear()
         self._report_usage()
         log.info("allocator active: %d LoadBalancer Service(s), %d pending", len(order), len(self.pending))
+        if not pools:
+            log.info("no IPAddressPool (metallb.io/v1beta1) yet: LoadBalancer Services are left to other "
+                     "controllers until one appears")
 
     def stop_leading(self) -> None:
         self.allocator = None
@@ -216,6 +220,13 @@ class AllocatorController:
         obj = self.view.services.get(ref) or {}
         return (str((obj.get("metadata") or {}).get("creationTimestamp") or ""), ref.namespace, ref.name)
 
+    def _foreign(self, obj: Mapping[str, Any], status: tuple[str, ...]) -> bool:
+        assert self.allocator is not None
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if ALLOCATED_FROM_ANNOTATION in annotations:
+            return False  # ours, or MetalLB's before a migration
+        return not any(pool.contains(ip) for ip in status for pool in self.allocator.pools.values())
+
     def _release(self, ref: ObjectRef, obj: Mapping[str, Any] | None) -> None:
         assert self.allocator is not None
         self.allocator.release(ref)
@@ -223,13 +234,26 @@ class AllocatorController:
         self.skipped.pop(ref, None)
         self.landed.pop(ref, None)
         self.decided.pop(ref, None)
-        if obj is not None and (obj.get("spec") or {}).get("type") != "LoadBalancer" and status_addresses(obj):
+        if obj is not None and (obj.get("spec") or {}).get("type") != "LoadBalancer" and status_addresses(obj) \
+                and not self._foreign(obj, status_addresses(obj)):
             self._write(ref, obj, (), None)
 
     def _decide(self, ref: ObjectRef, restore: tuple[str, ...] = ()) -> None:
         assert self.allocator is not None
         obj = self.view.services[ref]
         status = status_addresses(obj)
+        if not self.allocator.pools:
+            return  # no IPAddressPool at all: LoadBalancers are left to whoever serves them (a cloud)
+        if status and self._foreign(obj, status):
+            # Addresses in none of our pools and no sign that we wrote them: another controller (a cloud
+            # controller, a test acting as one) manages this Service. Its status is not ours to clear.
+            if ref not in self.foreign:
+                self.foreign.add(ref)
+                log.info("Service %s: status %s was set by another controller and is in no IPAddressPool: "
+                         "left alone", ref, ", ".join(status))
+            self.pending.pop(ref, None)
+            return
+        self.foreign.discard(ref)
         # Most events of a Service change nothing the decision reads (our own status and annotation
         # writes come back through the watch): then the answer is the one the allocator holds.
         inputs = _request_inputs(obj)
