@@ -24,7 +24,7 @@ from nftproxy.agent.proxier import Proxier
 from nftproxy.bench import NAMESPACE, service_name
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.kernel.nft import NftablesKernel
-from tests.test_stream_rebuild import CONFIG, by_object, listing, world
+from tests.test_stream_rebuild import CONFIG, _wait_gone, by_object, listing, world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,20 +66,6 @@ def statements(script: str) -> list[str]:
     return [s for s in re.split(r"(?<=\n)(?=(?:add|delete) )", script) if s]
 
 
-def wait_gone(pid: int) -> None:
-    for _ in range(600):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return
-        if state == "Z":
-            return
-        import time
-
-        time.sleep(0.05)
-    raise AssertionError(f"nft {pid} still runs after its writer died")
-
-
 @pytest.mark.kernel
 @pytest.mark.xfail(strict=True, reason="nft -f - commits the statements it read when its writer dies at a "
                    "statement boundary: NftablesKernel._run_child must hand nft a complete script (a file, "
@@ -117,6 +103,6 @@ def test_a_diff_cut_at_a_statement_boundary_leaves_old_or_new(netns: str) -> Non
         writer.kill()
         writer.wait()
         if line and line[0] == "written":
-            wait_gone(int(line[1]))
+            _wait_gone(int(line[1]))
         now = by_object(listing(netns))
         assert now in (old, new), f"cut after {cut} of {len(parts)} statements: the kernel holds a mix"
