@@ -260,12 +260,14 @@ def _families(f: _Fields, spec: Mapping[str, Any]) -> tuple[Family, ...]:
     declared = spec.get("ipFamilies")
     if declared is None:
         ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        if not isinstance(ips, list | tuple):  # a hostile or broken object: refused by name, never a crash
+            raise f.fail("spec.clusterIPs", f"must be a list, got {type(ips).__name__}")
         declared = ["IPv6" if isinstance(ip, str) and ":" in ip else "IPv4" for ip in ips] or ["IPv4"]
     if not isinstance(declared, list | tuple) or not declared:
         raise f.fail("spec.ipFamilies", "must be a non-empty list")
     families: list[Family] = []
     for i, name in enumerate(declared):
-        fam = {"IPv4": 4, "IPv6": 6}.get(name)
+        fam = {"IPv4": 4, "IPv6": 6}.get(name) if isinstance(name, str) else None
         if fam is None:
             raise f.fail(f"spec.ipFamilies[{i}]", f"unknown family {name!r} (accepted: IPv4, IPv6)")
         if fam not in families:
