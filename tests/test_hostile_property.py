@@ -481,8 +481,8 @@ class ApiAgent:
         return Counter((e.involved_object.kind, e.involved_object.namespace, e.involved_object.name) for e in items)
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None,
-          phases=[hypothesis.Phase.generate])  # seconds per draw (a server, threads): no shrinking by re-running
+@settings(max_examples=EXAMPLES // 100 or 4, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=not EXAMPLES, database=None, phases=[hypothesis.Phase.generate])  # seconds per draw (a server, threads): no shrinking by re-running
 @given(worlds(min_hostile=6, max_hostile=16))
 def test_api_path_raw_objects_never_crash_and_each_refusal_is_one_event(world: tuple[list[Any], list[Any]]) -> None:
     from e2e.apiserver import ApiServerStandin
@@ -510,7 +510,8 @@ def test_api_path_raw_objects_never_crash_and_each_refusal_is_one_event(world: t
             events = agent.events()
             assert expected <= set(events), f"no Event for {expected - set(events)}"
             assert all(events[key] == 1 for key in expected), events
-            check_reports(agent.reports, hostile)
+            watched = [o for o in hostile if o["kind"] != "Node" or o["metadata"]["name"] == NODE]  # field selector
+            check_reports(agent.reports, watched)
             assert good_only(good) <= set(agent.kernel.dump())
 
 

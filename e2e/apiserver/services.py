@@ -321,8 +321,11 @@ class Allocator:
     def used_ips(others: Iterable[dict[str, Any]]) -> set[IPAddress]:
         out: set[IPAddress] = set()
         for svc in others:
-            spec = svc.get("spec") or {}
-            for ip in (spec.get("clusterIPs") or []) + [spec.get("clusterIP") or ""]:
+            spec = svc.get("spec")
+            if not isinstance(spec, dict):  # put_raw stores anything: an unvalidated object holds no address
+                continue
+            ips = spec.get("clusterIPs")
+            for ip in (ips if isinstance(ips, list) else []) + [spec.get("clusterIP") or ""]:
                 addr = _parse_ip(ip)
                 if addr:
                     out.add(addr)
@@ -332,8 +335,11 @@ class Allocator:
     def used_node_ports(others: Iterable[dict[str, Any]]) -> set[int]:
         out: set[int] = set()
         for svc in others:
-            spec = svc.get("spec") or {}
-            for p in spec.get("ports") or []:
+            spec = svc.get("spec")
+            if not isinstance(spec, dict):  # put_raw stores anything
+                continue
+            ports = spec.get("ports")
+            for p in ports if isinstance(ports, list) else []:
                 if isinstance(p, dict) and _is_int(p.get("nodePort")) and p["nodePort"]:
                     out.add(p["nodePort"])
             if _is_int(spec.get("healthCheckNodePort")) and spec["healthCheckNodePort"]:
