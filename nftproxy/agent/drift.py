@@ -167,11 +167,13 @@ class DriftMonitor:
             try:
                 data = self.sock.recv(1 << 20)
             except OSError as err:
-                if err.errno == errno.ENOBUFS:  # notifications were lost: ours may have been among them
-                    touched = None
+                touched = None
+                if err.errno == errno.ENOBUFS:  # notifications were lost: a change to ours may be among them
                     self._report("notifications were lost (the socket overflowed)")
-                    continue
-                raise
+                else:  # never end the thread: without it nothing repairs drift until the periodic rebuild
+                    log.warning("reading nftables notifications failed (%s): retrying", err)
+                    stop.wait(1.0)
+                continue
             for change in changes_to_table(data, self.family, self.table):
                 if change is None:  # a batch ended: report it once, whatever it held
                     if touched is not None:
