@@ -148,8 +148,15 @@ class Speaker:
 
     # --- the decision ---------------------------------------------------------------------------
     def update(self) -> dict[str, frozenset[str]]:
-        """Recompute what changed and hand the result to the responder; returns interface -> addresses."""
+        """Recompute what changed and hand the result to the responder; returns interface -> addresses.
+        A turn with nothing new costs nothing (the agent's loop turns every 50 ms, idle or not)."""
         changes = self.view.changes
+        now = self.clock()
+        expired = [a for a, (_, until) in self.yielded.items() if until <= now]
+        for address in expired:
+            del self.yielded[address]
+        if not (changes.everything or changes.services or self._dirty_all or self._dirty or expired):
+            return self._wanted
         previous = self.decisions
         if changes.everything or self._dirty_all:
             refs = set(self.view.services) | set(self.decisions)
