@@ -347,3 +347,29 @@ def test_a_status_written_by_another_controller_is_left_alone() -> None:
     controller.reconcile()
     assert writer.writes[-1].ref.name == "migrated" and writer.writes[-1].ips == ("10.0.0.1",), \
         "an address we (or MetalLB) allocated that left every pool is replaced"
+
+
+def test_normal_events_are_rate_limited_warnings_never() -> None:
+    """Thousands of IPAllocated Events at once would double the API requests of an allocation burst."""
+    from nftproxy.agent.recorder import EventRecorder
+    from nftproxy.objects.model import ObjectRef
+
+    posted: list[str] = []
+
+    class Api:
+        def create_namespaced_event(self, namespace: str, body: dict[str, Any]) -> None:
+            posted.append(body["reason"])
+
+    now = [0.0]
+    recorder = EventRecorder(Api(), "n1", normal_per_second=2, clock=lambda: now[0])
+    for _ in range(5):
+        recorder.record("Service", ObjectRef("d", "s"), "IPAllocated", "x", "Normal")
+    assert recorder.dropped_normal == 3
+    now[0] = 1.0
+    for _ in range(5):
+        recorder.record("Service", ObjectRef("d", "s"), "AllocationFailed", "why")
+    assert recorder.dropped_normal == 3, "warnings are not rate-limited"
+    deadline = time.monotonic() + 5
+    while len(posted) < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert posted.count("IPAllocated") == 2 and posted.count("AllocationFailed") == 5

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..objects.model import ObjectRef
@@ -20,11 +21,20 @@ log = logging.getLogger("nftproxy.events")
 
 
 class EventRecorder:
-    def __init__(self, core_api: Any, node_name: str, component: str = "nftproxy") -> None:
+    def __init__(self, core_api: Any, node_name: str, component: str = "nftproxy",
+                 normal_per_second: float = 20.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.core_api = core_api
         self.node_name = node_name
         self.component = component
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1000)
+        # Normal Events (IPAllocated, nodeAssigned) are news, not alarms: at most this many a second, so
+        # thousands of new LoadBalancers do not double the API requests (client-go's QPS limit does the
+        # same for real controllers). Warnings are never held back by it.
+        self.normal_per_second = normal_per_second
+        self._tokens = normal_per_second
+        self._refilled = clock()
+        self._clock = clock
+        self.dropped_normal = 0
         threading.Thread(target=self._run, name="events", daemon=True).start()
 
     def invalid(self, err: InvalidObject) -> None:
@@ -36,11 +46,23 @@ class EventRecorder:
     def record(self, kind: str, ref: ObjectRef, reason: str, message: str, type_: str = "Warning",
                api_version: str | None = None) -> None:
         """Any Event on any object; never blocks the caller (dropped, and logged, when the queue is full)."""
+        if type_ == "Normal" and not self._take_token():
+            self.dropped_normal += 1
+            return
         body = self.event_for(kind, ref, reason, message, type_, api_version, time.time())
         try:
             self._queue.put_nowait(body)
         except queue.Full:
             log.warning("event queue full: not recording %s on %s %s", reason, kind, ref)
+
+    def _take_token(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.normal_per_second, self._tokens + (now - self._refilled) * self.normal_per_second)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _run(self) -> None:
         while True:
