@@ -67,9 +67,6 @@ def statements(script: str) -> list[str]:
 
 
 @pytest.mark.kernel
-@pytest.mark.xfail(strict=True, reason="nft -f - commits the statements it read when its writer dies at a "
-                   "statement boundary: NftablesKernel._run_child must hand nft a complete script (a file, "
-                   "written whole before nft starts) instead of a pipe")
 def test_a_diff_cut_at_a_statement_boundary_leaves_old_or_new(netns: str) -> None:
     kernel = NftablesKernel(netns=netns)
 

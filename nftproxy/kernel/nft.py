@@ -146,11 +146,21 @@ class NftablesKernel:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns is not None else argv
 
     def _run_child(self, script: str) -> None:
-        proc = subprocess.run(self._child_argv("-"), input=script, capture_output=True, text=True)
+        """nft reads the script from a file written whole before it starts: through a pipe, nft commits
+        the statements it read when the writer dies at a statement boundary (half a transaction)."""
+        with tempfile.NamedTemporaryFile("w", prefix="nftproxy-", suffix=".nft", dir=_scratch_dir()) as f:
+            f.write(script)
+            f.flush()
+            proc = subprocess.run(self._child_argv(f.name), capture_output=True, text=True)
         if proc.returncode != 0:
             raise KernelError(_explain(proc.stderr, script))
         if self.netns is None and self._lib is None:
             self._library()  # load libnftables now, so the first small change does not pay for it
+
+
+def _scratch_dir() -> str | None:
+    """Memory-backed when there is one (a read-only root leaves /tmp as the writable place otherwise)."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 def _write_all(fd: int, data: bytes) -> int:
