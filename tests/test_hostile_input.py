@@ -128,8 +128,12 @@ def test_odd_names_never_cost_other_services_their_rules(tmp_path: Path) -> None
         objects.append({**GOOD, "metadata": {"name": name, "namespace": "default"},
                         "spec": {"clusterIP": f"198.19.0.{20 + i}", "ports": [{"name": "http", "port": 80}]}})
     (tmp_path / "objects.yaml").write_text(yaml.safe_dump_all(objects, allow_unicode=True))
+    from e2e.netns.cluster import _owner_tag
+
     ns = f"nfp-odd-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
+    # tagged like e2e/netns' namespaces: concurrent test runs remove untagged nfp-* namespaces
+    subprocess.run(["ip", "-n", ns, "link", "set", "dev", "lo", "alias", _owner_tag()], check=True)
     try:
         out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "nftproxy", "run", "--manifests",
                               str(tmp_path), "--once", "--node-name", "n1"], capture_output=True, text=True,
