@@ -186,6 +186,7 @@ class SoakResult:
     changes: int = 0
     client: dict[str, Any] = field(default_factory=dict)
     rss_mib: dict[str, float] = field(default_factory=dict)
+    rss_series: list[tuple[float, float]] = field(default_factory=list)  # (minutes since start, MiB), every 10 s
     kernel: dict[str, Any] = field(default_factory=dict)
     drift: list[dict[str, Any]] = field(default_factory=list)
     syncs: dict[str, int] = field(default_factory=dict)
@@ -259,6 +260,8 @@ def run_soak(minutes: float, services: int, stable: int = 20, endpoints: int = 1
         time.sleep(2.0)
         samples = [rss_mib(pid)]
         result.rss_mib["start"] = samples[0]
+        soak_started = time.monotonic()
+        result.rss_series.append((0.0, samples[0]))
 
         deadline = time.monotonic() + minutes * 60
         middle_at = time.monotonic() + minutes * 30
@@ -288,6 +291,7 @@ def run_soak(minutes: float, services: int, stable: int = 20, endpoints: int = 1
             now = time.monotonic()
             if now >= next_sample:
                 samples.append(rss_mib(pid))
+                result.rss_series.append((round((now - soak_started) / 60, 2), samples[-1]))
                 next_sample = now + 10
                 if "middle" not in result.rss_mib and now >= middle_at:
                     result.rss_mib["middle"] = samples[-1]
