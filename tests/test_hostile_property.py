@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
 import queue
@@ -24,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from hypothesis import strategies as st  # noqa: E402
 from nftproxy.agent.loop import SyncLoop  # noqa: E402
 from nftproxy.agent.manifest_source import ManifestSource  # noqa: E402
 from nftproxy.agent.proxier import Proxier  # noqa: E402
-from nftproxy.agent.updates import Delete, SourceState, Upsert  # noqa: E402
+from nftproxy.agent.updates import Delete, Upsert  # noqa: E402
 from nftproxy.config import ConfigError, ProxyConfig  # noqa: E402
 from nftproxy.kernel.fake import FakeKernel  # noqa: E402
 from nftproxy.objects.model import ObjectRef  # noqa: E402
