@@ -470,6 +470,7 @@ def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = Non
 
     from .agent.proxier import Proxier
     from .config import ProxyConfig
+    from .kernel import Applied
     from .kernel.nft import NftablesKernel
 
     class CapturingKernel(NftablesKernel):
@@ -478,7 +479,7 @@ def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = Non
 
         captured: int | None = None
 
-        def apply_stream(self, chunks: Iterable[str]) -> None:
+        def apply_stream(self, chunks: Iterable[str]) -> Applied:
             fingerprint = [0]
 
             def tee() -> Iterator[str]:
@@ -486,8 +487,9 @@ def measure(n: int, endpoints: int, changes: int, profile_dir: Path | None = Non
                     fingerprint[0] = hash((fingerprint[0], chunk))
                     yield chunk
 
-            super().apply_stream(tee())
+            applied = super().apply_stream(tee())
             self.captured = fingerprint[0]
+            return applied
 
     if trace:
         import tracemalloc

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from nftproxy.agent.drift import NFT_MSG_NEWGEN, DriftMonitor, WatchedStreamingKernel, changes_to_table, watched
-from nftproxy.kernel import StreamingKernel
+from nftproxy.kernel import Applied, StreamingKernel
 from nftproxy.kernel.fake import FakeKernel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,14 +84,12 @@ def test_the_watched_kernel_streams_when_the_kernel_does() -> None:
         assert not isinstance(watched(FakeKernel(), monitor), StreamingKernel)
 
         class Streaming(FakeKernel):
-            last_script_bytes = 7
-
-            def apply_stream(self, chunks: object) -> None:
-                pass
+            def apply_stream(self, chunks: object) -> Applied:
+                return Applied(7)
 
         kernel = watched(Streaming(), monitor)
         assert isinstance(kernel, WatchedStreamingKernel) and isinstance(kernel, StreamingKernel)
-        assert kernel.last_script_bytes == 7  # what the proxier reads after a sync
+        assert kernel.apply_stream(iter(())) == Applied(7)  # what the proxier reports after a sync
     finally:
         monitor.close()
 

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..desired.skeleton import FAMILY, TABLE
-from ..kernel import Kernel, StreamingKernel
+from ..kernel import Applied, Kernel, StreamingKernel
 from ..transaction.transaction import Transaction
 
 log = logging.getLogger("nftproxy.drift")
@@ -187,16 +187,16 @@ class DriftMonitor:
 
 
 class WatchedKernel:
-    """The agent's kernel, every commit inside the monitor's own-commit window; anything else
-    (`last_script_bytes`, ...) is the wrapped kernel's."""
+    """The agent's kernel, every commit inside the monitor's own-commit window; anything else is the
+    wrapped kernel's."""
 
     def __init__(self, kernel: Kernel, monitor: DriftMonitor) -> None:
         self.kernel = kernel
         self.monitor = monitor
 
-    def apply(self, tx: Transaction) -> None:
+    def apply(self, tx: Transaction) -> Applied:
         with self.monitor.own_commit():
-            self.kernel.apply(tx)
+            return self.kernel.apply(tx)
 
     def delete_table(self) -> None:
         with self.monitor.own_commit():
@@ -207,9 +207,10 @@ class WatchedKernel:
 
 
 class WatchedStreamingKernel(WatchedKernel):
-    def apply_stream(self, chunks: Iterable[str]) -> None:
+    def apply_stream(self, chunks: Iterable[str]) -> Applied:
+        assert isinstance(self.kernel, StreamingKernel)  # `watched` wraps only a streaming kernel in this
         with self.monitor.own_commit():
-            self.kernel.apply_stream(chunks)  # type: ignore[attr-defined]
+            return self.kernel.apply_stream(chunks)
 
 
 def watched(kernel: Kernel, monitor: DriftMonitor) -> WatchedKernel:

@@ -25,7 +25,7 @@ from ..desired.translate import config_fragment, service_elements, service_fragm
 from ..diff.committed import Committed
 from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
 from ..diff.rebuild import Rebuilt, rebuild, rebuild_script
-from ..kernel import Kernel, KernelError, StreamingKernel
+from ..kernel import Applied, Kernel, KernelError, StreamingKernel
 from ..objects.model import EndpointSlice, Node, ObjectRef, Service
 from ..objects.parse import (
     SERVICE_NAME_LABEL,
@@ -365,19 +365,19 @@ class Proxier:
     def _sync(self, started: float) -> SyncResult:
         pending = self.compute(stream=isinstance(self.kernel, StreamingKernel))
         tx, new_inputs, rebuild_ = pending.transaction, pending.new_inputs, pending.rebuild
-        script_bytes = 0
+        applied = Applied()
         if not tx.is_empty():
             try:
                 if pending.script is not None:
-                    self.kernel.apply_stream(pending.script)  # type: ignore[attr-defined]
+                    assert isinstance(self.kernel, StreamingKernel)  # compute(stream=True) asked it
+                    applied = self.kernel.apply_stream(pending.script)
                     assert pending.rebuilt is not None
                     tx.add_chains, tx.rendered_count = pending.rebuilt.add_chains, pending.rebuilt.element_count
                 else:
-                    self.kernel.apply(tx)
+                    applied = self.kernel.apply(tx)
             except KernelError:
                 self.needs_rebuild = True
                 raise
-            script_bytes = getattr(self.kernel, "last_script_bytes", 0)
         stale: list[StaleFlows] = []
         if self.on_stale_flows is not None:
             zone = self.node.zone if self.node else None
@@ -415,7 +415,7 @@ class Proxier:
             operations=tx.operation_count(),
             services_synced=len(new_inputs),
             seconds=time.monotonic() - started,
-            script_bytes=script_bytes,
+            script_bytes=applied.script_bytes,
             conflicts=conflicts,
             synced_refs=list(new_inputs),
         )

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from ..desired.elements import Element
 from ..desired.skeleton import skeleton_text
 from ..transaction.transaction import Transaction, render_element
-from . import KernelError
+from . import Applied, KernelError
 
 _SET_DECL = re.compile(r"^\s*(?:set|map)\s+([\w-]+)\s*\{", re.M)
 _ITEM = re.compile(r'^(?P<key>.*?)(?: comment "(?P<comment>[^"]*)")?(?: : (?P<value>.*))?$')
@@ -55,7 +55,7 @@ class FakeKernel:
         self.transactions: list[Transaction] = []
         self.fail_next: str | None = None
 
-    def apply(self, tx: Transaction) -> None:
+    def apply(self, tx: Transaction) -> Applied:
         if self.fail_next is not None:
             message, self.fail_next = self.fail_next, None
             raise KernelError(message)
@@ -107,6 +107,7 @@ class FakeKernel:
                     raise AssertionError(f"{set_name} {key} : {value}: no chain for this class")
         self.sets, self.chains, self.table_exists = sets, chains, True
         self.transactions.append(tx)
+        return Applied()
 
     @staticmethod
     def _add(sets: dict[str, dict[str, tuple[str | None, str | None]]], chains: dict[str, tuple[str, ...]],

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..desired.skeleton import FAMILY, TABLE
 from ..transaction.transaction import Transaction
-from . import KernelError
+from . import Applied, KernelError
 
 CHILD_THRESHOLD_BYTES = 512 * 1024
 STREAM_WRITE_BYTES = 256 * 1024  # chunks are gathered into writes of about this size
@@ -38,21 +38,20 @@ class NftablesKernel:
         self.child_threshold_bytes = child_threshold_bytes
         self.netns = netns
         self._lib: Any = None
-        self.last_script_bytes = 0
 
-    def apply(self, tx: Transaction) -> None:
+    def apply(self, tx: Transaction) -> Applied:
         if tx.is_empty():
-            return
-        self.run_script(tx.render())
+            return Applied()
+        return self.run_script(tx.render())
 
-    def run_script(self, script: str) -> None:
-        self.last_script_bytes = len(script)
+    def run_script(self, script: str) -> Applied:
         if self.netns is not None or len(script) >= self.child_threshold_bytes:
             self._run_child(script)
         else:
             self._run_library(script)
+        return Applied(len(script))
 
-    def apply_stream(self, chunks: Iterable[str]) -> None:
+    def apply_stream(self, chunks: Iterable[str]) -> Applied:
         """Feed a script to a child nft while `chunks` produces it: one transaction, as `apply`.
 
         The first chunk (the header) is written alone, and must be shorter than PIPE_BUF: it reaches
@@ -96,13 +95,13 @@ class NftablesKernel:
                 except BrokenPipeError:
                     pass
             rc = proc.wait()
-            self.last_script_bytes = written
             if rc != 0:
                 err.seek(0)
                 raise KernelError(f"nftables transaction of {written} bytes refused: "
                                   f"{err.read().decode(errors='replace').strip()[:2000]}")
         if self.netns is None and self._lib is None:
             self._library()  # load libnftables now, so the first small change does not pay for it
+        return Applied(written)
 
     def delete_table(self) -> None:
         """Remove nftproxy's table and nothing else (add first, so a missing table is no error)."""
