@@ -215,24 +215,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .ops.commands import run as run_ops
 
             return run_ops(args)
-        if args.command == "demo":
-            from importlib.util import find_spec
-
-            if find_spec("e2e") is None:  # the image carries the agent only
-                log.error("nftproxy demo needs a source checkout: its namespace cluster (e2e/) is not installed here")
-                return 2
-            from .demo import run_demo
-
-            return run_demo(keep=args.keep)
-        if args.command == "bench":
-            from .bench import run_bench
-
-            counts = [int(x) for x in args.services.split(",") if x.strip()]
-            return run_bench(counts, args.endpoints, args.changes, args.output)
+        if args.command in ("demo", "bench"):
+            return cmd_from_checkout(args)
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
         return 2
     return 2
+
+
+#: what `nftproxy demo` and `nftproxy bench` run, in a source checkout's test bed
+FROM_CHECKOUT = {"demo": ("e2e.netns", "its namespace cluster (e2e/)"),
+                 "bench": ("e2e.bench", "the benchmark (e2e/bench/)")}
+
+
+def cmd_from_checkout(args: argparse.Namespace) -> int:
+    """`nftproxy demo` and `nftproxy bench`. They live in the test bed of a source checkout (e2e/), which
+    neither the package nor the DaemonSet's image holds: the one place the package reaches into it
+    (tests/test_package_boundary.py allows this function and no other)."""
+    from importlib.util import find_spec
+
+    module, what = FROM_CHECKOUT[args.command]
+    if find_spec("e2e") is None or find_spec(module) is None:  # the image carries the agent only
+        log.error("nftproxy %s needs a source checkout: %s is not installed here", args.command, what)
+        return 2
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(keep=args.keep)
+    from e2e.bench.driver import run_bench
+
+    counts = [int(x) for x in args.services.split(",") if x.strip()]
+    return run_bench(counts, args.endpoints, args.changes, args.output)
 
 
 def cmd_cleanup() -> int:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from e2e.bench.coldstart import TreeMemory
+from e2e.bench.driver import PROBE_SERVICES, _step_plan
+from e2e.bench.probes import percentile
+from e2e.bench.workload import check_capacity
 from e2e.netns import require_root_and_netns
-from nftproxy.bench import PROBE_SERVICES, TreeMemory, _step_plan, check_capacity, percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

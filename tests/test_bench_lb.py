@@ -1,4 +1,4 @@
-"""`python -m nftproxy.bench_lb`, small, and the write path it measures: one status write per decision.
+"""`python -m e2e.bench.lb`, small, and the write path it measures: one status write per decision.
 
 The benchmark test runs the real three processes (API stand-in, allocator, driver) at 200 Services and
 checks the outcome only: every Service allocated, every address distinct, one write each. No timing is
@@ -12,7 +12,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from nftproxy.bench_lb import measure, render_markdown
+from e2e.bench.lb.driver import measure
+from e2e.bench.lb.result import render_markdown
 from nftproxy.lb.controller import AllocatorController, StatusWrite, StatusWriter, WriteDone
 from nftproxy.lb.parse import ALLOCATED_FROM_ANNOTATION
 from nftproxy.lb.view import ClusterView

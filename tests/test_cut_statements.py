@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from e2e.bench.workload import NAMESPACE, service_name
 from nftproxy.agent.proxier import Proxier
-from nftproxy.bench import NAMESPACE, service_name
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.kernel.nft import NftablesKernel
 from tests.test_stream_rebuild import CONFIG, _wait_gone, by_object, listing, world

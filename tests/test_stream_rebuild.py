@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from e2e.bench.workload import original_addresses, service_object, slice_object
 from e2e.netns import require_root_and_netns
 from e2e.netns.cluster import _owner_tag
 from nftproxy.agent.proxier import Proxier
-from nftproxy.bench import original_addresses, service_object, slice_object
 from nftproxy.config import ProxyConfig
 from nftproxy.desired.elements import Element
 from nftproxy.desired.skeleton import FAMILY, TABLE, skeleton_text

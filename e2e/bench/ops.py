@@ -1,8 +1,8 @@
 """How long `nftproxy explain` and `nftproxy status` take on a big node, measured as a user runs them.
 
-    python -m nftproxy.ops.bench_ops [--services 10000] [--endpoints 10] [--runs 10]
+    python -m e2e.bench.ops [--services 10000] [--endpoints 10] [--runs 10]
 
-In a throwaway network namespace: the benchmark's Services (nftproxy/bench.py) loaded by a running
+In a throwaway network namespace: the benchmark's Services (e2e/bench/workload.py) loaded by a running
 agent, then each command run as its own process, as an operator would. Wall time depends on what else
 the machine runs, so each figure also has its CPU time (the command's process, and for status the
 agent thread that computes drift), which does not.
@@ -15,7 +15,6 @@ import json
 import os
 import random
 import resource
-import secrets
 import signal
 import statistics
 import subprocess
@@ -25,10 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..bench import BENCH_FLAGS, NETNS_PREFIX, _delete_netns, _machine, _owner_tag, cluster_ip, write_manifests
+from e2e.bench.driver import describe_machine
+from e2e.bench.workload import BENCH_FLAGS, cluster_ip, write_manifests
+from e2e.netns.cluster import REPO_ROOT
+from e2e.netns.scratch import scratch_netns
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
 
 
 def timed(ns: str, *argv: str) -> tuple[float, float, str]:
@@ -36,7 +37,7 @@ def timed(ns: str, *argv: str) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "nftproxy", *argv],
-                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+                          capture_output=True, text=True, env=ENV, cwd=REPO_ROOT)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -49,7 +50,7 @@ def measure(ns: str, services: int, endpoints: int, runs: int, manifests: Path) 
     write_manifests(manifests, services, endpoints)
     agent = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "nftproxy", "run", "--manifests",
                               str(manifests), "--poll-interval", "3600", *BENCH_FLAGS],
-                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             env=ENV, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert agent.stderr is not None
         for line in agent.stderr:
@@ -80,7 +81,7 @@ def measure(ns: str, services: int, endpoints: int, runs: int, manifests: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nftproxy.ops.bench_ops", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench.ops", description=__doc__.split("\n")[0])
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--runs", type=int, default=10)
@@ -88,16 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("needs root (it creates a network namespace)", file=sys.stderr)
         return 2
-    ns = f"{NETNS_PREFIX}{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "alias", _owner_tag()], check=True)
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        with tempfile.TemporaryDirectory(prefix="nfp-bench-ops-") as tmp:
-            result = measure(ns, args.services, args.endpoints, args.runs, Path(tmp))
-    finally:
-        _delete_netns(ns)
-    result["machine"] = _machine()
+    # nfp-bench-<random>, tagged as the harness tags its own, lo up; deleted at the end
+    with scratch_netns("bench") as ns, tempfile.TemporaryDirectory(prefix="nfp-bench-ops-") as tmp:
+        result = measure(ns, args.services, args.endpoints, args.runs, Path(tmp))
+    result["machine"] = describe_machine()
     print(json.dumps(result, indent=2))
     return 0
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from e2e.netns.cluster import REPO_ROOT
+
 _SYNCED = re.compile(r"synced (\d+) Service\(s\): full rebuild")
 _CONTINUE = re.compile(rb'"continue":"([^"]+)"')
 
@@ -131,9 +132,9 @@ def replay(directory: Path) -> dict[str, float]:
 
     Runs in the agent's namespace, the table absent; the collector as the agent has it.
     """
-    from .agent.proxier import Proxier
-    from .config import ProxyConfig
-    from .kernel.nft import NftablesKernel
+    from nftproxy.agent.proxier import Proxier
+    from nftproxy.config import ProxyConfig
+    from nftproxy.kernel.nft import NftablesKernel
 
     kernel = NftablesKernel()
     kernel.delete_table()
@@ -157,7 +158,7 @@ def replay(directory: Path) -> dict[str, float]:
 
 def _replay_in(netns: str, directory: Path) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "nftproxy.bench_api", "--replay",
+    proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "e2e.bench.api", "--replay",
                            str(directory)], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"replay failed: {proc.stderr[-2000:]}")
@@ -165,20 +166,22 @@ def _replay_in(netns: str, directory: Path) -> dict[str, float]:
 
 
 def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0) -> LatencyResult:
+    from e2e.netns.scratch import scratch_netns
+
+    # nfp-benchapi-<random>, lo up, tagged as the harness tags its own (a concurrent test session's
+    # cleanup removes untagged nfp-* namespaces); deleted at the end with whatever still runs in it
+    with scratch_netns("benchapi") as netns:
+        return _measure_in(netns, services, endpoints, changes, timeout)
+
+
+def _measure_in(netns: str, services: int, endpoints: int, changes: int, timeout: float) -> LatencyResult:
     from kubernetes import client
 
     from e2e.cluster_api import ClusterApi
 
-    from .bench import _owner_tag
-
-    netns = f"nfp-benchapi-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
     agent: subprocess.Popen[str] | None = None
     api: ClusterApi | None = None
     try:
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-        # tagged as e2e/netns tags its namespaces: untagged nfp-* namespaces are removed by concurrent test runs
-        subprocess.run(["ip", "-n", netns, "link", "set", "dev", "lo", "alias", _owner_tag()], check=True)
         api = ClusterApi(netns, "127.0.0.1", 6443, service_cidr="198.18.0.0/15", history_size=200000).start()
         api.api.put_raw("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
         current = {}
@@ -254,7 +257,6 @@ def measure(services: int, endpoints: int, changes: int, timeout: float = 600.0)
                     proc.kill()
         if api is not None:
             api.stop()
-        subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
 def _scrape_histogram(netns: str) -> dict[str, float]:
@@ -271,7 +273,7 @@ def _scrape_histogram(netns: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m nftproxy.bench_api", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench.api", description=__doc__)
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--changes", type=int, default=100)
