@@ -19,7 +19,7 @@ from typing import Any
 
 from ..kernel import KernelError
 from ..objects.model import ObjectRef
-from ..objects.parse import SERVICE_NAME_LABEL
+from ..objects.parse import slice_service_ref
 from .health import HealthState
 from .metrics import Metrics
 from .proxier import Proxier, SyncResult
@@ -106,16 +106,13 @@ class SyncLoop:
         # the object is not parsed yet (the proxier refuses it by name): read it without trusting its shape
         meta = obj.get("metadata")
         annotations = meta.get("annotations") if isinstance(meta, dict) else None
-        labels = meta.get("labels") if isinstance(meta, dict) else None
         text = annotations.get(TRIGGER_ANNOTATION) if isinstance(annotations, dict) else None
-        service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
-        if not isinstance(text, str) or not isinstance(service, str) or not service:
+        ref = slice_service_ref(obj)  # as the proxier reads it, so the sync finds this Service
+        if not isinstance(text, str) or ref is None:
             return
         when = parse_rfc3339(text)
         if when is None:
             return
-        namespace = meta.get("namespace")  # as object_ref reads it, so the sync finds this Service
-        ref = ObjectRef(namespace if isinstance(namespace, str) and namespace else "default", service)
         self.trigger_times[ref] = min(when, self.trigger_times.get(ref, when))
 
     # --- syncing ---------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ from ..diff.rebuild import Rebuilt, rebuild, rebuild_script
 from ..kernel import Applied, Kernel, KernelError, StreamingKernel
 from ..objects.model import EndpointSlice, Node, ObjectRef, Service
 from ..objects.parse import (
-    SERVICE_NAME_LABEL,
     InvalidObject,
+    creation_timestamp,
     object_ref,
     parse_endpoint_slice,
     parse_node,
     parse_service,
+    slice_service_ref,
 )
 from ..transaction.block import TableBlock, table_block
 from ..transaction.transaction import Transaction
@@ -47,14 +48,6 @@ DeferredKey = tuple[str, ObjectRef]  # ("Service" or "EndpointSlice", namespace/
 @cache
 def _skeleton_block() -> TableBlock:
     return table_block(skeleton_text(), FAMILY, TABLE)
-
-
-def _service_of_slice(ref: ObjectRef, obj: Mapping[str, Any]) -> ObjectRef | None:
-    """The Service a slice names, read as parse_endpoint_slice reads it (None: it will not parse as one)."""
-    meta = obj.get("metadata")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    name = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
-    return ObjectRef(ref.namespace, str(name)) if name else None
 
 
 def _return_free_memory() -> None:
@@ -296,11 +289,9 @@ class Proxier:
         owners = {ref: service_owner(svc.creation, ref.namespace, ref.name) for ref, svc in self.services.items()}
         for key, obj in self._deferred.items():
             if key[0] == "Service":
-                meta = obj.get("metadata")
-                creation = str(meta.get("creationTimestamp") or "") if isinstance(meta, dict) else ""
-                owners[key[1]] = service_owner(creation, key[1].namespace, key[1].name)  # as parse_service has it
+                owners[key[1]] = service_owner(creation_timestamp(obj), key[1].namespace, key[1].name)
             else:
-                deferred_slices.setdefault(_service_of_slice(key[1], obj), []).append(key)
+                deferred_slices.setdefault(slice_service_ref(obj), []).append(key)
         new_inputs: dict[ObjectRef, ServiceInputs | None] = dict.fromkeys(set(owners) | set(self.committed_inputs))
         order = sorted((owner, ref) for ref, owner in owners.items())
 

@@ -45,15 +45,38 @@ class InvalidObject(ValueError):
         super().__init__(f"{kind} {ref}: {field}: {message}")
 
 
+# The one reading of who a raw object is (or names), before it is parsed. Each never fails: a
+# malformed metadata gives an empty name (or no Service), which the parsers then refuse by name.
+
+
 def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
-    """namespace/name of any object; a manifest without a namespace lands in "default" like kubectl.
-    Never fails: a malformed metadata gives an empty name, which every parser then refuses by name."""
+    """namespace/name of any object; a manifest without a namespace lands in "default" like kubectl."""
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping):
         return ObjectRef("default", "")
-    namespace, name = meta.get("namespace"), meta.get("name")
-    return ObjectRef(namespace if isinstance(namespace, str) and namespace else "default",
-                     name if isinstance(name, str) else "")
+    name = meta.get("name")
+    return ObjectRef(_namespace(meta), name if isinstance(name, str) else "")
+
+
+def slice_service_ref(obj: Mapping[str, Any]) -> ObjectRef | None:
+    """The Service an EndpointSlice belongs to (its service-name label, in the slice's namespace), or None."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    labels = meta.get("labels")
+    name = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
+    return ObjectRef(_namespace(meta), str(name)) if name else None
+
+
+def creation_timestamp(obj: Mapping[str, Any]) -> str:
+    """metadata.creationTimestamp as text ("" when absent): the oldest Service wins a conflict."""
+    meta = obj.get("metadata")
+    return str(meta.get("creationTimestamp") or "") if isinstance(meta, Mapping) else ""
+
+
+def _namespace(meta: Mapping[str, Any]) -> str:
+    namespace = meta.get("namespace")
+    return namespace if isinstance(namespace, str) and namespace else "default"
 
 
 class _Checker:
@@ -247,7 +270,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
         source_ranges=tuple(dict.fromkeys(source_ranges)),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
         prefer_close=spec.get("trafficDistribution") == "PreferClose" or topology_auto,
-        creation=str(meta.get("creationTimestamp") or ""),
+        creation=creation_timestamp(obj),
         weights=weights,
     )
 
@@ -286,9 +309,9 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
     ref = object_ref(obj)
     check = _Checker("EndpointSlice", ref)
     meta = check.mapping(obj.get("metadata"), "metadata")
-    labels = check.mapping(meta.get("labels"), "metadata.labels")
-    service_name = labels.get(SERVICE_NAME_LABEL)
-    if not service_name:
+    check.mapping(meta.get("labels"), "metadata.labels")
+    service = slice_service_ref(obj)
+    if service is None:
         return None
     address_type = obj.get("addressType")
     if address_type == "FQDN":
@@ -339,7 +362,7 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
                 skipped.append((err.field, err.message))
     return EndpointSlice(
         ref=ref,
-        service=ObjectRef(ref.namespace, str(service_name)),
+        service=service,
         family=family,
         ports=tuple(ports),
         endpoints=tuple(endpoints),
@@ -405,18 +428,17 @@ def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: s
 
 
 def parse_node(obj: Mapping[str, Any]) -> Node:
-    meta = obj.get("metadata")
-    name = meta.get("name") if isinstance(meta, Mapping) else None
-    check = _Checker("Node", ObjectRef("", name if isinstance(name, str) else ""))
-    meta = check.mapping(meta, "metadata")
-    if not isinstance(name, str) or not name:
+    ref = ObjectRef("", object_ref(obj).name)  # a Node has no namespace
+    check = _Checker("Node", ref)
+    meta = check.mapping(obj.get("metadata"), "metadata")
+    if not ref.name:
         raise check.fail("metadata.name", "missing or not a string")
     labels = check.mapping(meta.get("labels"), "metadata.labels")
     for key, value in labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise check.fail(f"metadata.labels[{key}]", f"labels map strings to strings, got {value!r}")
     return Node(
-        name=name,
+        name=ref.name,
         zone=labels.get(ZONE_LABEL) or None,
         labels=tuple(sorted(labels.items())),
     )
