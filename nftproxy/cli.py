@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: what `nftproxy demo` and `nftproxy bench` run, in a source checkout's test bed
-FROM_CHECKOUT = {"demo": ("e2e.netns", "its namespace cluster (e2e/)"),
+FROM_CHECKOUT = {"demo": ("e2e.demo", "its namespace cluster (e2e/)"),
                  "bench": ("e2e.bench", "the benchmark (e2e/bench/)")}
 
 
@@ -239,7 +239,7 @@ def cmd_from_checkout(args: argparse.Namespace) -> int:
         log.error("nftproxy %s needs a source checkout: %s is not installed here", args.command, what)
         return 2
     if args.command == "demo":
-        from .demo import run_demo
+        from e2e.demo.launcher import run_demo
 
         return run_demo(keep=args.keep)
     from e2e.bench.driver import run_bench
