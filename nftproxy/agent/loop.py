@@ -22,7 +22,8 @@ from ..objects.model import ObjectRef
 from ..objects.parse import slice_service_ref
 from .health import HealthState
 from .metrics import Metrics
-from .proxier import Proxier, SyncResult
+from .proxier import Proxier
+from .syncer import SyncResult
 from .updates import Delete, Resync, SourceState, Update, Upsert
 
 log = logging.getLogger("nftproxy.loop")
