@@ -44,6 +44,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from typing import Protocol, Union
 
@@ -117,10 +118,7 @@ def _component_matches(value: Scalar, text: str) -> bool:
         if "-" in text:
             low, high = (ipaddress.ip_address(t.strip()) for t in text.split("-", 1))
             return low.version == value.version and low <= value <= high  # type: ignore[operator]
-        try:
-            network = ipaddress.ip_network(text, strict=False)
-        except ValueError as err:
-            raise TracerError(f"not an address: {text!r}") from err
+        network = _network(text)
         return network.version == value.version and value in network
     if isinstance(value, bool):
         raise TracerError(f"boolean value compared with {text!r}")
@@ -139,6 +137,14 @@ def _component_matches(value: Scalar, text: str) -> bool:
     if value in PROTOCOLS:
         return _proto_name(text) == value
     return text == value
+
+
+@lru_cache(maxsize=65536)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as err:
+        raise TracerError(f"not an address: {text!r}") from err
 
 
 def _key_matches(value: Value, key: str) -> bool:
@@ -221,8 +227,10 @@ class Path:
         return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Trace:
+    """Every path of one packet; str() (and repr(), so that assertion messages show it) lists them."""
+
     packet: Packet
     hook: str
     paths: tuple[Path, ...]
@@ -279,6 +287,8 @@ class Trace:
             lines.append(f"  path {list(p.choices)}: {p.output}{' (masquerade)' if p.masquerade else ''}")
             lines += [f"    {step}" for step in p.trail]
         return "\n".join(lines)
+
+    __repr__ = __str__
 
 
 # --- rule syntax ------------------------------------------------------------------------------------
@@ -646,7 +656,9 @@ class _Parser:
                 seed = self.take()
 
             def hashed(st: _State) -> Value:
-                return (Opaque(f"jhash({format_value(inner(st))} mod {modulus} seed {seed})"),)
+                # no ' . ' inside: the key it joins is split on that
+                inputs = ",".join(str(v) for v in inner(st))
+                return (Opaque(f"jhash({inputs} mod {modulus} seed {seed})"),)
             return hashed, "opaque"
         self.i -= 1
         raise self.fail("unknown expression")
@@ -822,6 +834,9 @@ class Tracer:
         elements = self.kernel.sets.get(name)
         if elements is None:
             raise TracerError(f"rule refers to @{name}, which the kernel does not hold")
+        exact = elements.get(format_value(key))  # the same text always matches: a shortcut, not a rule
+        if exact is not None:
+            return exact[0] if exact[0] is not None else True
         for text, (data, _) in elements.items():
             if _key_matches(key, text):
                 return data if data is not None else True
