@@ -389,6 +389,8 @@ class _Parser:
                     raise self.fail("a comment must end the rule")
                 self.take()
                 break
+            if statements and getattr(statements[-1], "terminal", False):
+                raise self.fail("nothing but a comment may follow a verdict, dnat or masquerade")
             statements.append(self.statement())
         return _Rule(self.text, statements)
 
@@ -396,18 +398,16 @@ class _Parser:
     def statement(self) -> Statement:
         word = self.peek()
         if word in _VERDICT_WORDS:
-            verdict = _Verdict(self.take())
-            return lambda st: verdict
+            return _terminal(_constant(_Verdict(self.take())))
         if word in ("jump", "goto"):
-            verdict = _Verdict(self.take(), self.take())
-            return lambda st: verdict
+            return _terminal(_constant(_Verdict(self.take(), self.take())))
         if word == "masquerade":
             self.take()
             while self.peek() in ("fully-random", "random", "persistent"):
                 self.take()
-            return _masquerade
+            return _terminal(_masquerade)
         if word == "dnat":
-            return self.dnat()
+            return _terminal(self.dnat())
         if word == "update":
             return self.update()
         if word == "fib":
@@ -528,11 +528,11 @@ class _Parser:
             return lambda st: _vmap(st, name, lhs(st))
         if op is not None and op.startswith("@"):
             name = self.set_name()
-            return lambda st: st.tracer.lookup(name, lhs(st), st) is not None
+            return lambda st: st.tracer.lookup(name, lhs(st)) is not None
         if op == "!=" and (self.peek(1) or "").startswith("@"):
             self.take()
             name = self.set_name()
-            return lambda st: st.tracer.lookup(name, lhs(st), st) is None
+            return lambda st: st.tracer.lookup(name, lhs(st)) is None
         if op == "&":
             self.take()
             mask = self.int_literal()
@@ -618,7 +618,7 @@ class _Parser:
             key = expr
 
             def mapped(st: _State) -> Value:
-                data = st.tracer.lookup(name, key(st), st)
+                data = st.tracer.lookup(name, key(st))
                 if data is None:
                     raise _NoMatch(f"{format_value(key(st))} not in @{name}")
                 if not isinstance(data, str):
@@ -719,13 +719,23 @@ def _selector(word: str, field_: str) -> Expr:
     return expr
 
 
+def _constant(verdict: _Verdict) -> Statement:
+    return lambda st: verdict
+
+
+def _terminal(statement: Statement) -> Statement:
+    """Marks a statement that ends its rule (the parser refuses anything after it)."""
+    statement.terminal = True  # type: ignore[attr-defined]
+    return statement
+
+
 def _masquerade(st: _State) -> _Verdict:
     st.masquerade = True
     return _Verdict("masquerade")
 
 
 def _vmap(st: _State, name: str, key: Value) -> bool | _Verdict:
-    data = st.tracer.lookup(name, key, st)
+    data = st.tracer.lookup(name, key)
     if data is None:
         return False
     if not isinstance(data, str):
@@ -829,7 +839,7 @@ class Tracer:
     def is_local(self, address: IPAddress) -> bool:
         return address in self.local or address.is_loopback
 
-    def lookup(self, name: str, key: Value, st: _State | None = None) -> str | bool | None:
+    def lookup(self, name: str, key: Value) -> str | bool | None:
         """The data of the first element of @name that holds key; True for a set element; None: a miss."""
         elements = self.kernel.sets.get(name)
         if elements is None:

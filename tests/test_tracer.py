@@ -240,6 +240,8 @@ def test_jhash_is_opaque_but_equal_for_equal_inputs() -> None:
     "ip daddr 10.0.0.1 drop comment \"x\" accept",
     "ip daddr",
     "th dport set 1",
+    "drop ip daddr 10.0.0.1",  # a verdict ends the rule
+    "dnat ip to ip daddr . th dport map @m accept",
 ])
 def test_unknown_rule_text_raises(rule: str) -> None:
     with pytest.raises(TracerError):
