@@ -98,6 +98,10 @@ def test_help_and_no_test_harness_inside(engine: None) -> None:
                     "import importlib.util as u, shutil; print(bool(u.find_spec('e2e')), bool(u.find_spec('pytest')), "
                     "shutil.which('pip'), bool(u.find_spec('nftables')), shutil.which('nft') is not None)")
     assert inside.stdout.split() == ["False", "False", "None", "True", "True"], inside.stderr
+    for command in ("demo", "bench"):  # they run from a source checkout; here, a clear refusal
+        refused = podman("run", "--rm", "--network=none", *DAEMONSET, "--entrypoint", "nftproxy", IMAGE, command)
+        assert refused.returncode == 2 and f"nftproxy {command} needs a source checkout" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
 
 
 def test_run_once_programs_the_host_network(host_network: str, manifests: Path) -> None:
