@@ -466,7 +466,7 @@ class _Parser:
             k = format_value(key(st))
             d = format_value(data(st)) if data is not None else None
             st.updates.append(Update(name, k, timeout, d))
-            st.trail.append(f"update @{name} {{ {k} timeout {timeout}s : {d} }}")
+            st.trail.append(f"    update @{name} {{ {k} timeout {timeout}s : {d} }}")
             return True
         return run
 
@@ -960,7 +960,7 @@ class Tracer:
                     stack.append((chain, index))
                 if len(stack) > _MAX_DEPTH:
                     raise TracerError(f"jumps deeper than {_MAX_DEPTH}: a loop?")
-                st.trail.append(f"  {outcome.kind} {outcome.chain}")
+                st.trail.append(f"    -> {outcome.kind} {outcome.chain}")
                 chain, index = outcome.chain, 0
             elif outcome.kind in ("dnat", "masquerade", "accept"):
                 return "accept"

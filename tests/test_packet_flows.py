@@ -33,7 +33,8 @@ class World:
 
     def __init__(self, nodes: Mapping[str, Iterable[str]], config: Mapping[str, Any]) -> None:
         self.local = {name: list(addresses) for name, addresses in nodes.items()}
-        self.proxiers = {name: Proxier(ProxyConfig(name, **config), FakeKernel()) for name in nodes}
+        self.kernels = {name: FakeKernel() for name in nodes}
+        self.proxiers = {name: Proxier(ProxyConfig(name, **config), self.kernels[name]) for name in nodes}
         self.tracers: dict[str, Tracer] = {}
         self.groups: dict[str, list[tuple[str, str, str]]] = {}
 
@@ -58,7 +59,7 @@ class World:
     def _sync(self) -> None:
         for name, proxier in self.proxiers.items():
             proxier.sync()
-            tracer = Tracer(proxier.kernel, self.local[name])  # type: ignore[arg-type]
+            tracer = Tracer(self.kernels[name], self.local[name])
             old = self.tracers.get(name)
             if old is not None:  # entries the packet path made survive a sync, as in the kernel
                 tracer.dynamic, tracer.now = old.dynamic, old.now

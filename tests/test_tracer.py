@@ -94,6 +94,18 @@ def test_numgen_reports_every_endpoint_with_its_share() -> None:
     assert tracer(k).trace(Packet("10.0.0.5", "10.96.0.1", "sctp", 80)).paths[0].endpoint is None
 
 
+def test_every_combination_of_several_numgens_is_a_path() -> None:
+    chains = lb("web", ("meta mark set numgen random mod 2", "meta mark 1 drop",
+                        "dnat ip to ip daddr . th dport . numgen random mod 3 map @backends"))
+    backends = {f"10.96.0.1 . 80 . {i}": f"10.0.1.{i + 1} . 8080" for i in range(3)}
+    t = tracer(kernel(chains, svc={"10.96.0.1 . tcp . 80": "goto web"}, backends=backends)).trace(
+        Packet("10.0.0.5", "10.96.0.1", "tcp", 80))
+    assert sorted(p.choices for p in t.paths) == [(0, 0), (0, 1), (0, 2), (1,)]
+    assert t.verdict == "mixed" and t.output == "10.0.1.1:8080, 10.0.1.2:8080, 10.0.1.3:8080, DROP"
+    assert sum(p.probability for p in t.paths) == 1
+    assert t.shares == {(f"10.0.1.{i}", 8080): Fraction(1, 6) for i in (1, 2, 3)}
+
+
 def test_a_map_miss_ends_the_rule_and_the_packet_goes_on() -> None:
     k = kernel(WEB, svc={"10.96.0.1 . tcp . 80": "goto web"}, backends={"10.96.0.1 . 80 . 0": "10.0.1.1 . 8080"})
     t = tracer(k).trace(Packet("10.0.0.5", "10.96.0.1", "tcp", 80))
