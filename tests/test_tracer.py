@@ -55,7 +55,7 @@ class Kernel:
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def kernel(chains: Mapping[str, tuple[str, ...]], **sets: dict[str, str | None]) -> Kernel:
+def kernel(chains: Mapping[str, tuple[str, ...]], **sets: Mapping[str, str | None]) -> Kernel:
     """Chains plus sets given as key -> data; set names use _ for - (Python keywords)."""
     k = Kernel(chains={name: () for name, _ in _skeleton_chains()} | dict(chains))
     k.sets = {"svc": {}, "blocked": {}}
