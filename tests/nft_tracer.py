@@ -811,8 +811,8 @@ class Tracer:
     """Traces packets through a FakeKernel's nftproxy table as one node sees them."""
 
     def __init__(self, kernel: KernelView, local_addresses: Iterable[str], skeleton: str | None = None) -> None:
-        if not kernel.chains:
-            raise TracerError("the kernel holds no chains: sync the Proxier first")
+        if not kernel.sets:  # the skeleton's sets are there from the first sync on (dynamic chains may not be)
+            raise TracerError("the kernel holds no table: sync the Proxier first")
         self.kernel = kernel
         self.local = frozenset(ipaddress.ip_address(a) for a in local_addresses)
         skeleton_chains, self.bases = parse_skeleton(skeleton if skeleton is not None else skeleton_text())

@@ -94,6 +94,14 @@ def test_numgen_reports_every_endpoint_with_its_share() -> None:
     assert tracer(k).trace(Packet("10.0.0.5", "10.96.0.1", "sctp", 80)).paths[0].endpoint is None
 
 
+def test_skeleton_chains_come_from_the_skeleton_text_whether_the_kernel_lists_them_or_not() -> None:
+    sets = {"svc": {"10.96.0.1 . tcp . 80": ("goto web", None)}, "blocked": {},
+            "backends": {"10.96.0.1 . 80 . 0": ("10.0.1.1 . 8080", None)}}
+    only_dynamic = Kernel(sets=sets, chains={"web": ("dnat ip to ip daddr . th dport . numgen random mod 1 map @backends",)})
+    assert Tracer(only_dynamic, NODE, skeleton=SKELETON).trace(Packet("10.0.0.5", "10.96.0.1", "tcp", 80)).output \
+        == "10.0.1.1:8080"
+
+
 def test_every_combination_of_several_numgens_is_a_path() -> None:
     chains = lb("web", ("meta mark set numgen random mod 2", "meta mark 1 drop",
                         "dnat ip to ip daddr . th dport . numgen random mod 3 map @backends"))
@@ -276,7 +284,7 @@ def test_what_the_kernel_lacks_raises_when_reached() -> None:
         tracer(kernel({"services": ("jump services",)})).trace(Packet("10.0.0.5", "10.0.0.9", "tcp", 1))
     with pytest.raises(TracerError, match="loop"):
         tracer(kernel({"services": ("goto services",)})).trace(Packet("10.0.0.5", "10.0.0.9", "tcp", 1))
-    with pytest.raises(TracerError, match="no chains"):
+    with pytest.raises(TracerError, match="no table"):
         Tracer(Kernel(), NODE)
 
 
