@@ -95,8 +95,7 @@ def test_numgen_reports_every_endpoint_with_its_share() -> None:
 
 
 def test_skeleton_chains_come_from_the_skeleton_text_whether_the_kernel_lists_them_or_not() -> None:
-    sets = {"svc": {"10.96.0.1 . tcp . 80": ("goto web", None)}, "blocked": {},
-            "backends": {"10.96.0.1 . 80 . 0": ("10.0.1.1 . 8080", None)}}
+    sets = kernel({}, svc={"10.96.0.1 . tcp . 80": "goto web"}, backends={"10.96.0.1 . 80 . 0": "10.0.1.1 . 8080"}).sets
     only_dynamic = Kernel(sets=sets, chains={"web": ("dnat ip to ip daddr . th dport . numgen random mod 1 map @backends",)})
     assert Tracer(only_dynamic, NODE, skeleton=SKELETON).trace(Packet("10.0.0.5", "10.96.0.1", "tcp", 80)).output \
         == "10.0.1.1:8080"
