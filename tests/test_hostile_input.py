@@ -108,7 +108,7 @@ def test_one_bad_endpoint_is_skipped_the_others_serve(bad: dict[str, object], wh
     'quo"te\\back\x00nul\nnew\tline',
 ])
 def test_comments_fit_nft_for_any_name(name: str) -> None:
-    from nftproxy.transaction.transaction import COMMENT_MAX_BYTES, quote_comment
+    from nftproxy.desired.elements import COMMENT_MAX_BYTES, quote_comment
 
     quoted = quote_comment(f"default/{name}:http")
     inner = quoted[1:-1]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from types import SimpleNamespace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +25,13 @@ from e2e.netns import require_root_and_netns
 from e2e.netns.cluster import _owner_tag
 from nftproxy.agent.proxier import Proxier
 from nftproxy.config import ProxyConfig
-from nftproxy.desired.elements import Element
+from nftproxy.desired.elements import Chain, Element
 from nftproxy.desired.skeleton import FAMILY, TABLE, skeleton_text
-from nftproxy.diff.rebuild import Rebuilt, rebuild_script
+from nftproxy.diff.rebuild import Rebuilt
 from nftproxy.kernel import KernelError, StreamingKernel
 from nftproxy.kernel.fake import FakeKernel
 from nftproxy.kernel.nft import NftablesKernel
-from nftproxy.transaction.block import SkeletonError, table_block
+from nftproxy.transaction.block import SkeletonError, rebuild_script, table_block
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = ProxyConfig(node_name="bench-node", cluster_cidrs=("100.64.0.0/10",), service_cidrs=("198.18.0.0/15",))
@@ -92,7 +91,7 @@ def test_a_chains_entries_are_streamed_with_it() -> None:
     block = table_block(skeleton_text(), FAMILY, TABLE)
     target = next(name for name, declaration in block.declarations.items() if declaration.startswith("map "))
     entry = Element(target, "198.19.0.9 . tcp . 80", "goto lb-extra", None)
-    chain = SimpleNamespace(name="lb-extra", rules=("accept",), comment=None, maps=(), entries=(entry,))
+    chain = Chain("lb-extra", ("accept",), entries=(entry,))
     text = "".join(rebuild_script([("a", [], [chain])], Rebuilt(), block, f"{FAMILY} {TABLE}"))
     after_chain = text[text.index("\tchain lb-extra {"):]
     assert re.match(r"\tchain lb-extra \{\n\t\taccept\n\t\}\n\t" + re.escape(block.declarations[target])

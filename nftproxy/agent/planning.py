@@ -16,9 +16,9 @@ from ..desired.skeleton import FAMILY, TABLE, skeleton_text
 from ..desired.translate import config_fragment, service_elements, service_fragment
 from ..diff.committed import Committed
 from ..diff.plan import CONFIG_OWNER, Change, Conflict, Plan, plan, service_owner
-from ..diff.rebuild import Rebuilt, rebuild, rebuild_script
+from ..diff.rebuild import Rebuilt, rebuild
 from ..objects.model import ObjectRef
-from ..transaction.block import TableBlock, table_block
+from ..transaction.block import TableBlock, rebuild_script, table_block
 from ..transaction.transaction import Transaction
 from .committed import CommittedState, owner_of
 from .store import ObjectStore, ServiceInputs
@@ -117,11 +117,9 @@ def plan_rebuild(store: ObjectStore, committed: CommittedState, config: ProxyCon
     if stream:
         out = Rebuilt()
         script = rebuild_script(owned(), out, _skeleton_block(), f"{FAMILY} {TABLE}")
-        return PendingSync(Transaction(rebuild=True), new_inputs, True, rebuilt=out, script=script)
-    rebuilt = rebuild(owned(), f"{FAMILY} {TABLE}")
-    tx = Transaction(rebuild=True, add_chains=rebuilt.add_chains, rendered_elements=rebuilt.element_text,
-                     rendered_count=rebuilt.element_count)
-    return PendingSync(tx, new_inputs, True, rebuilt=rebuilt)
+        return PendingSync(Transaction.streamed(out), new_inputs, True, rebuilt=out, script=script)
+    rebuilt, elements = rebuild(owned())
+    return PendingSync(Transaction.from_rebuild(rebuilt, elements), new_inputs, True, rebuilt=rebuilt)
 
 
 def commit_claims(claims: Committed, pending: PendingSync) -> tuple[Committed, list[Conflict]]:
@@ -138,5 +136,4 @@ def commit_claims(claims: Committed, pending: PendingSync) -> tuple[Committed, l
 def stream_done(pending: PendingSync) -> None:
     """A streamed rebuild was consumed: its transaction now counts what the stream sent."""
     assert pending.rebuilt is not None
-    tx = pending.transaction
-    tx.add_chains, tx.rendered_count = pending.rebuilt.add_chains, pending.rebuilt.element_count
+    pending.transaction = Transaction.streamed(pending.rebuilt)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ProxyConfig
+from ..objects.addresses import family_of_text
 from ..objects.model import EndpointSlice, Service
 from .endpoints import select
 
@@ -37,8 +38,8 @@ def _udp_frontends(inputs: Inputs | None, config: ProxyConfig, zone: str | None)
         return out
     svc, slices = inputs
     for cluster_ip in svc.cluster_ips:
-        family = 6 if ":" in cluster_ip else 4
-        others = [a for a in (*svc.external_ips, *svc.load_balancer_ips) if (6 if ":" in a else 4) == family]
+        family = family_of_text(cluster_ip)
+        others = [a for a in (*svc.external_ips, *svc.load_balancer_ips) if family_of_text(a) == family]
         for port in svc.ports:
             if port.protocol != "udp":
                 continue

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import ProxyConfig
+from ..objects.addresses import family_of_text
 from ..objects.model import EndpointSlice, Service, ServicePort
+from . import sets
 from .elements import Chain, Element, Fragment
 from .endpoints import Backend, Selection, expand, select
+from .sets import SetFamily
 from .skeleton import MASQUERADE_MARK, class_id
 
 MARK_FOR_MASQUERADE = f"meta mark set meta mark | {MASQUERADE_MARK}"
@@ -44,7 +47,8 @@ KINDS = {
 }
 # the dispatch map of each lb chain kind: the externalTrafficPolicy Local chains, reached from @classes,
 # have their own (the kernel refuses a chain that could reach itself)
-KIND_CLASSES = {kind: "local-classes" if kind in ("local", "short", "nplocal", "npshort") else "classes" for kind in KINDS}
+KIND_CLASSES = {kind: sets.LOCAL_CLASSES.name if kind in ("local", "short", "nplocal", "npshort") else sets.CLASSES.name
+                for kind in KINDS}
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
 
@@ -63,11 +67,11 @@ class _AffinityNames:
     A NodePort is keyed by protocol . port only, so a client sticks whichever local address it reached.
     """
 
-    entries: str  # client . frontend -> endpoint, filled from the packet path
-    frontends: str  # frontends whose Service has affinity now
-    services: str  # frontend -> the record chain with the Service's timeout
-    valid: str  # frontend . endpoint pairs an entry may point at
-    ports: str  # IPv6: frontend -> endpoint port (see above)
+    entries: SetFamily  # client . frontend -> endpoint, filled from the packet path
+    frontends: SetFamily  # frontends whose Service has affinity now
+    services: SetFamily  # frontend -> the record chain with the Service's timeout
+    valid: SetFamily  # frontend . endpoint pairs an entry may point at
+    ports: SetFamily  # IPv6: frontend -> endpoint port (see above)
     record_chain: str  # record chains' name prefix
     by_daddr: bool  # keyed by destination address . protocol . port (else protocol . port)
 
@@ -89,30 +93,26 @@ class _AffinityNames:
 
     def steer(self, family: int) -> str:
         """The lb chains' rule: a client with a live entry goes to its endpoint."""
-        ipx, v = _IPX[family], f"-v{family}"
+        ipx = _IPX[family]
         frontend = self.frontend(ipx)
-        target = f"{self.key(family)} map @{self.entries}{v}"
+        target = f"{self.key(family)} map @{self.entries.name(family)}"
         if family == 6:
-            target += f" : {frontend} map @{self.ports}{v}"
+            target += f" : {frontend} map @{self.ports.name(family)}"
         # only frontends that have affinity now: entries of a Service that dropped it, or of a deleted
         # Service whose address was reused, must not steer anything
-        return f"{frontend} @{self.frontends}{v} meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {target}"
+        return f"{frontend} @{self.frontends.name(family)} meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {target}"
 
 
-AFFINITY_IPS = _AffinityNames("affinity", "affinity-frontends", "affinity-services", "affinity-valid",
-                              "affinity-ports", "affinity-record", True)
-AFFINITY_NODEPORTS = _AffinityNames("affinity-nodeports", "affinity-nodeport-frontends", "affinity-nodeport-services",
-                                    "affinity-nodeport-valid", "affinity-nodeport-ports", "affinity-nodeport-record",
-                                    False)
+AFFINITY_IPS = _AffinityNames(sets.AFFINITY, sets.AFFINITY_FRONTENDS, sets.AFFINITY_SERVICES, sets.AFFINITY_VALID,
+                              sets.AFFINITY_PORTS, "affinity-record", True)
+AFFINITY_NODEPORTS = _AffinityNames(sets.AFFINITY_NODEPORTS, sets.AFFINITY_NODEPORT_FRONTENDS,
+                                    sets.AFFINITY_NODEPORT_SERVICES, sets.AFFINITY_NODEPORT_VALID,
+                                    sets.AFFINITY_NODEPORT_PORTS, "affinity-nodeport-record", False)
 
 
 def lb_chain_name(kind: str, family: int, count: int) -> str:
     """lb-cluster-v4-3: load-balances over 3 endpoint slots for every ClusterIP frontend that has 3."""
     return f"lb-{kind}-v{family}-{count}"
-
-
-def backends_map_name(kind: str, family: int, count: int) -> str:
-    return f"backends-{kind}-v{family}-{count}"
 
 
 @lru_cache(maxsize=4096)
@@ -128,15 +128,11 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
     affinity = AFFINITY_IPS if by_daddr else AFFINITY_NODEPORTS
     frontend = affinity.frontend(ipx)
     rules.append(affinity.steer(family))
-    table = backends_map_name(kind, family, count)
-    rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} map @{table}")
+    backends = sets.backends_map(kind, family, count, frontend, f"{ipx} daddr . th dport")
+    rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} map @{backends.name}")
     plural = "s" if count != 1 else ""
-    declaration = (
-        f"typeof {frontend} . numgen random mod 1 : {ipx} daddr . th dport ; "
-        f'comment "{kind} frontend . slot -> endpoint, for {count} slot{plural}" ;'
-    )
     name = lb_chain_name(kind, family, count)
-    return Chain(name, tuple(rules), f"{kind} frontends with {count} endpoint slot{plural}", ((table, declaration),),
+    return Chain(name, tuple(rules), f"{kind} frontends with {count} endpoint slot{plural}", (backends,),
                  (Element(KIND_CLASSES[kind], class_id(kind, family, count), "goto " + name),))
 
 
@@ -145,7 +141,7 @@ def affinity_record_chain(family: int, timeout: int, names: _AffinityNames = AFF
     """Records client . frontend -> endpoint with a Service's timeout; expires entries whose endpoint left."""
     ipx = _IPX[family]
     frontend, key = names.frontend(ipx, original=True), names.key(family, original=True)
-    entries, valid, endpoint = f"@{names.entries}-v{family}", f"@{names.valid}-v{family}", f"{ipx} daddr . th dport"
+    entries, valid, endpoint = f"@{names.entries.name(family)}", f"@{names.valid.name(family)}", f"{ipx} daddr . th dport"
     stored = endpoint if family == 4 else f"{ipx} daddr"  # IPv6: the port is the frontend's (see _HASH)
     rules = [CLEAR_CLASS]
     # the client's entry steered this connection to an endpoint that left: expire it, drop, the retry rebalances
@@ -160,7 +156,7 @@ def affinity_record_chain(family: int, timeout: int, names: _AffinityNames = AFF
     kind = "" if names.by_daddr else "NodePorts, "
     name = f"{names.record_chain}-v{family}-{timeout}"
     return Chain(name, tuple(rules), f"sessionAffinity ClientIP, {kind}timeout {timeout}s",
-                 entries=(Element("affinity-classes", class_id(names.record_chain, family, timeout), "jump " + name),))
+                 entries=(Element(sets.AFFINITY_CLASSES.name, class_id(names.record_chain, family, timeout), "jump " + name),))
 
 
 @lru_cache(maxsize=4096)
@@ -183,13 +179,12 @@ class _Builder:
     def __init__(self, config: ProxyConfig, family: int) -> None:
         self.config = config
         self.family = family
-        self.v = f"-v{family}"
         self.elements: list[Element] = []
         self.chains: set[Chain] = set()
         self.hairpin: set[str] = set()
 
-    def add(self, base: str, key: str, value: str | None = None, comment: str | None = None) -> None:
-        self.elements.append(_new(Element, (base + self.v, key, value, comment)))
+    def add(self, where: SetFamily, key: str, value: str | None = None, comment: str | None = None) -> None:
+        self.elements.append(_new(Element, (where.name(self.family), key, value, comment)))
 
     def balance(self, kind: str, key: str, backends: tuple[Backend, ...], comment: str) -> str:
         """Backends elements for one frontend; returns the class that sends it to them."""
@@ -198,7 +193,7 @@ class _Builder:
             return class_id("drop", self.family)
         chain = lb_chain(kind, self.family, len(values), self.config)
         self.chains.add(chain)
-        table = chain.maps[0][0]
+        table = chain.maps[0].name
         self.elements.extend([_new(Element, (table, f"{key} . {i}", value, comment)) for i, value in enumerate(values)])
         return chain.entries[0].key
 
@@ -217,18 +212,18 @@ def service_elements(svc: Service, slices: Iterable[EndpointSlice], config: Prox
     elements: list[Element] = []
     chains: set[Chain] = set()
     for cluster_ip in svc.cluster_ips:
-        family = 6 if ":" in cluster_ip else 4
+        family = family_of_text(cluster_ip)
         b = _Builder(config, family)
-        b.add("cluster-ips", cluster_ip, None, str(svc.ref))
+        b.add(sets.CLUSTER_IPS, cluster_ip, None, str(svc.ref))
         # each frontend address once: an externalIP equal to the ClusterIP, or listed again as LB IP, is one frontend
-        externals = [a for a in svc.external_ips if (6 if ":" in a else 4) == family and a != cluster_ip]
+        externals = [a for a in svc.external_ips if family_of_text(a) == family and a != cluster_ip]
         lb_ips = [a for a in svc.load_balancer_ips
-                  if (6 if ":" in a else 4) == family and a != cluster_ip and a not in externals]
-        ranges = [c for c in svc.source_ranges if (6 if ":" in c else 4) == family]
+                  if family_of_text(a) == family and a != cluster_ip and a not in externals]
+        ranges = [c for c in svc.source_ranges if family_of_text(c) == family]
         for port in svc.ports:
             _translate_port(b, svc, port, cluster_ip, externals, lb_ips, ranges, slices, node_zone)
         for address in sorted(b.hairpin):
-            b.add("hairpin", f"{address} . {address}")
+            b.add(sets.HAIRPIN, f"{address} . {address}")
         elements += b.elements
         chains |= b.chains
     return elements, chains
@@ -238,19 +233,19 @@ def service_elements(svc: Service, slices: Iterable[EndpointSlice], config: Prox
 class _ExternalNames:
     """Where one kind of external frontend goes (keyed by address, or a NodePort keyed by port)."""
 
-    entry: str  # the map the services chain looks the frontend up in
+    entry: SetFamily  # the map the services chain looks the frontend up in
     cluster_kind: str  # lb chain kind under externalTrafficPolicy Cluster
     local_chain: str  # the static chain that splits traffic under externalTrafficPolicy Local
-    short_map: str
+    short_map: SetFamily
     short_kind: str
-    local_map: str
+    local_map: SetFamily
     local_kind: str
 
 
-EXTERNAL_IPS = _ExternalNames("service-ips", "external", "external-local", "external-short-circuit", "short",
-                              "external-local-dispatch", "local")
-NODE_PORTS = _ExternalNames("service-nodeports", "nodeport", "nodeport-local", "nodeport-short-circuit", "npshort",
-                            "nodeport-local-dispatch", "nplocal")
+EXTERNAL_IPS = _ExternalNames(sets.SERVICE_IPS, "external", "external-local", sets.EXTERNAL_SHORT_CIRCUIT, "short",
+                              sets.EXTERNAL_LOCAL_DISPATCH, "local")
+NODE_PORTS = _ExternalNames(sets.SERVICE_NODEPORTS, "nodeport", "nodeport-local", sets.NODEPORT_SHORT_CIRCUIT, "npshort",
+                            sets.NODEPORT_LOCAL_DISPATCH, "nplocal")
 
 
 def _external(b: _Builder, names: _ExternalNames, key: str, local_policy: bool, chosen: Selection, comment: str) -> None:
@@ -273,19 +268,19 @@ def _translate_port(b: _Builder, svc: Service, port: ServicePort, cluster_ip: st
     external_frontends = [f"{a} . {proto_port}" for a in (*externals, *lb_ips)]
     cluster_key = f"{cluster_ip} . {proto_port}"
     if ranges and lb_ips:
-        allowed = allowed_sources(tuple(ranges), tuple(a for a in svc.load_balancer_ips if (6 if ":" in a else 4) == b.family))
+        allowed = allowed_sources(tuple(ranges), tuple(a for a in svc.load_balancer_ips if family_of_text(a) == b.family))
         for address in lb_ips:
-            b.add("firewall-ips", f"{address} . {proto_port}", None, comment)
+            b.add(sets.FIREWALL_IPS, f"{address} . {proto_port}", None, comment)
             for cidr in allowed:
-                b.add("firewall-allow", f"{address} . {proto_port} . {cidr}", None, comment)
+                b.add(sets.FIREWALL_ALLOW, f"{address} . {proto_port} . {cidr}", None, comment)
     if not chosen.any_endpoints:
         for key in (cluster_key, *external_frontends):
-            b.add("no-endpoint-services", key, None, comment)
+            b.add(sets.NO_ENDPOINT_SERVICES, key, None, comment)
         if port.node_port:
-            b.add("no-endpoint-nodeports", f"{port.protocol} . {port.node_port}", None, comment)
+            b.add(sets.NO_ENDPOINT_NODEPORTS, f"{port.protocol} . {port.node_port}", None, comment)
         return
 
-    b.add("service-ips", cluster_key, b.balance("cluster", cluster_key, chosen.cluster, comment), comment)
+    b.add(sets.SERVICE_IPS, cluster_key, b.balance("cluster", cluster_key, chosen.cluster, comment), comment)
     for key in external_frontends:
         _external(b, EXTERNAL_IPS, key, svc.external_traffic_local, chosen, comment)
     if port.node_port:
@@ -320,12 +315,8 @@ def _affinity(b: _Builder, names: _AffinityNames, frontends: list[tuple[str, tup
 
 def config_fragment(config: ProxyConfig) -> Fragment:
     """Elements owned by the configuration: cluster and Service CIDRs, NodePort address ranges."""
-    elements = [Element(f"service-cidrs-v{_fam(c)}", c) for c in config.service_cidrs]
-    elements += [Element(f"cluster-cidrs-v{_fam(c)}", c) for c in config.cluster_cidrs]
-    for family in (4, 6):
-        elements += [Element(f"nodeport-cidrs-v{family}", c) for c in config.nodeport_cidrs_of(family)]
+    elements = [Element(sets.SERVICE_CIDRS.name(family_of_text(c)), c) for c in config.service_cidrs]
+    elements += [Element(sets.CLUSTER_CIDRS.name(family_of_text(c)), c) for c in config.cluster_cidrs]
+    for family in sets.FAMILIES:
+        elements += [Element(sets.NODEPORT_CIDRS.name(family), c) for c in config.nodeport_cidrs_of(family)]
     return Fragment(frozenset(elements))
-
-
-def _fam(cidr: str) -> int:
-    return 6 if ":" in cidr else 4

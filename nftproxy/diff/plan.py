@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..desired.elements import Chain, Element, Fragment
+from ..desired.sets import is_shared
 
 CONFIG_OWNER = ""  # sorts before every Service owner
 
@@ -121,7 +122,7 @@ def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change], look
     changed = {c.owner for c in changes}
 
     def value(owner: str, set_name: str, key: str, values: dict[tuple[str, str, str], tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
-        if set_name.startswith("hairpin"):
+        if is_shared(set_name):
             return (None, None)
         found = values.get((owner, set_name, key))
         if found is not None:
@@ -133,7 +134,7 @@ def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change], look
         if len(now) > 1:
             now.sort()
         result.entry_updates[(set_name, key)] = pack(now)
-        shared = set_name.startswith("hairpin")  # shared by design, never a conflict, never a value
+        shared = is_shared(set_name)  # shared by design, never a conflict, never a value
         if not shared:
             for loser in now[1:]:
                 result.conflicts.append(Conflict(loser, now[0], Element(set_name, key, *value(loser, set_name, key, new_values))))

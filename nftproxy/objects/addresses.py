@@ -88,3 +88,8 @@ def parse_cidr(text: object) -> IPNetwork:
 def family_of(addr: IPAddress | IPNetwork) -> int:
     """4 or 6."""
     return addr.version
+
+
+def family_of_text(text: str) -> int:
+    """4 or 6, for an address or CIDR as the parsed objects and the configuration hold it (valid text)."""
+    return 6 if ":" in text else 4

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 from ipaddress import ip_address, ip_network
 
+from ..desired import sets
+from ..desired.sets import SetFamily
 from .layout import (
     AFFINITY_DISPATCH,
     AFFINITY_IPS,
@@ -26,7 +28,6 @@ from .layout import (
     affinity_timeout,
     is_verdict,
     lb_chain,
-    set_name,
 )
 from .view import TableView
 
@@ -84,29 +85,29 @@ class ExternalNames(Protocol):
     def local_chain(self) -> str: ...
 
     @property
-    def short_map(self) -> str: ...
+    def short_map(self) -> SetFamily: ...
 
     @property
-    def local_map(self) -> str: ...
+    def local_map(self) -> SetFamily: ...
 
 
 class AffinityNames(Protocol):
     """A frontend kind's sessionAffinity sets (translate.AFFINITY_IPS / AFFINITY_NODEPORTS)."""
 
     @property
-    def entries(self) -> str: ...
+    def entries(self) -> SetFamily: ...
 
     @property
-    def frontends(self) -> str: ...
+    def frontends(self) -> SetFamily: ...
 
     @property
-    def services(self) -> str: ...
+    def services(self) -> SetFamily: ...
 
     @property
-    def valid(self) -> str: ...
+    def valid(self) -> SetFamily: ...
 
     @property
-    def ports(self) -> str: ...
+    def ports(self) -> SetFamily: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,7 @@ def _contains(ranges: list[str], address: str) -> bool:
 
 
 def _sources(view: TableView, pkt: Packet) -> list[_Source]:
-    cidrs = [text for text, _ in view.keys(set_name("cluster-cidrs", pkt.family))]
+    cidrs = [text for text, _ in view.keys(sets.CLUSTER_CIDRS.name(pkt.family))]
     if pkt.source is not None:
         return [_Source(pkt.source, pkt.source, bool(cidrs) and _contains(cidrs, pkt.source),
                         view.is_local(pkt.source))]
@@ -173,22 +174,22 @@ def explain(view: TableView, pkt: Packet) -> Explanation:
     key = [pkt.dest, pkt.proto, str(pkt.port)]
     sources = _sources(view, pkt)
     firewall: list[str] | None = None
-    if view.get(set_name("firewall-ips", f), key) is not None:
+    if view.get(sets.FIREWALL_IPS.name(f), key) is not None:
         prefix = " . ".join(key) + " . "
-        firewall = [text[len(prefix):] for text, _ in view.keys(set_name("firewall-allow", f), key)
+        firewall = [text[len(prefix):] for text, _ in view.keys(sets.FIREWALL_ALLOW.name(f), key)
                     if text.startswith(prefix)]
 
-    hit = view.get(set_name("service-ips", f), key)
+    hit = view.get(sets.SERVICE_IPS.name(f), key)
     frontend: list[str] = key
     names: ExternalNames = EXTERNAL_IPS
     if hit is not None:
-        if view.get(set_name("cluster-ips", f), [pkt.dest]) is not None:
+        if view.get(sets.CLUSTER_IPS.name(f), [pkt.dest]) is not None:
             path = "ClusterIP"
         else:
             path = "LoadBalancer" if firewall is not None else "externalIP or LoadBalancer"
     elif _nodeport_address(view, pkt):
         frontend, names, path = [pkt.proto, str(pkt.port)], NODE_PORTS, "NodePort"
-        hit = view.get(set_name("service-nodeports", f), frontend)
+        hit = view.get(sets.SERVICE_NODEPORTS.name(f), frontend)
     if hit is not None:
         verdict, comment = resolve(view, hit[0], DISPATCH), hit[1]
         outcomes = [_dnat(view, pkt, src, verdict or "", frontend, names, firewall) for src in sources]
@@ -212,7 +213,7 @@ def _nodeport_address(view: TableView, pkt: Packet) -> bool:
     """The services chain's NodePort condition: a local address, not loopback, within nodeport-cidrs."""
     if ip_address(pkt.dest).is_loopback or not view.is_local(pkt.dest):
         return False
-    allowed = [text for text, _ in view.keys(set_name("nodeport-cidrs", pkt.family))]
+    allowed = [text for text, _ in view.keys(sets.NODEPORT_CIDRS.name(pkt.family))]
     return _contains(allowed, pkt.dest)
 
 
@@ -229,12 +230,12 @@ def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: li
     local_chain = f"{names.local_chain}-v{f}"
     if verdict == f"goto {local_chain}":
         if src.pod or src.local:
-            hit = view.get(set_name(names.short_map, f), frontend)
+            hit = view.get(names.short_map.name(f), frontend)
             mark = src.local and not src.pod
             notes.append("externalTrafficPolicy Local: pods and this node reach every endpoint"
                          + (" (this node masqueraded)" if mark else ""))
         else:
-            hit = view.get(set_name(names.local_map, f), frontend)
+            hit = view.get(names.local_map.name(f), frontend)
             notes.append("externalTrafficPolicy Local: outside traffic goes to this node's endpoints only, "
                          "source kept")
         verdict = resolve(view, hit[0], LOCAL_DISPATCH) if hit else ""
@@ -262,7 +263,7 @@ def _dnat(view: TableView, pkt: Packet, src: _Source, verdict: str, frontend: li
         endpoints = (Candidate(address, int(port) if port else endpoints[0].port if endpoints else 0, 1.0,
                                next((c.slots for c in endpoints if c.address == address), 0)),)
     if src.address is not None and any(c.address == src.address for c in endpoints) and \
-            view.get(set_name("hairpin", f), [src.address, src.address]) is not None:
+            view.get(sets.HAIRPIN.name(f), [src.address, src.address]) is not None:
         notes.append("hairpin: a connection the source makes to itself is masqueraded")
         if len(endpoints) == 1:
             mark = True
@@ -292,26 +293,26 @@ def _affinity(view: TableView, pkt: Packet, src: _Source, frontend: list[str], n
               notes: list[str]) -> str | None:
     """sessionAffinity: the endpoint a live entry pins this source to ("drop" if it left), else None."""
     f = pkt.family
-    if view.get(set_name(names.frontends, f), frontend) is None:
+    if view.get(names.frontends.name(f), frontend) is None:
         return None
-    record = view.get(set_name(names.services, f), frontend)
+    record = view.get(names.services.name(f), frontend)
     timeout = affinity_timeout(resolve(view, record[0], AFFINITY_DISPATCH) if record else None)
     notes.append(f"sessionAffinity ClientIP: a client sticks to its endpoint for {timeout or '?'} s after its last "
                  "new connection")
     if src.address is None:
         return None
     if f == 4:
-        entry = view.get(set_name(names.entries, f), [src.address, *frontend])
+        entry = view.get(names.entries.name(f), [src.address, *frontend])
     else:
         entry = _ipv6_entry(view, pkt, src.address, frontend, names, chain)
         if entry is not None and entry[0] is not None:
-            port = view.get(set_name(names.ports, f), frontend)
+            port = view.get(names.ports.name(f), frontend)
             entry = (f"{entry[0]} . {port[0] if port else '?'}", entry[1])
     if entry is None or entry[0] is None:
         notes.append(f"{src.address} has no live affinity entry: balanced as below, then pinned")
         return None
     endpoint = entry[0].split(" . ")
-    if view.get(set_name(names.valid, f), [*frontend, *endpoint]) is None:
+    if view.get(names.valid.name(f), [*frontend, *endpoint]) is None:
         notes.append(f"{src.address}'s affinity entry points at {entry[0]}, no longer an endpoint: this connection "
                      "is dropped and the entry expired, the client's retry is balanced afresh")
         return "drop"
@@ -326,7 +327,7 @@ def _ipv6_entry(view: TableView, pkt: Packet, client: str, frontend: list[str], 
     if len(hashes) != 2:
         return None
     data = socket.inet_pton(socket.AF_INET6, client) + socket.inet_pton(socket.AF_INET6, pkt.dest)
-    return view.get(set_name(names.entries, 6), [str(hashes[0](data)), str(hashes[1](data)), *frontend[-2:]])
+    return view.get(names.entries.name(6), [str(hashes[0](data)), str(hashes[1](data)), *frontend[-2:]])
 
 
 def _unserved(view: TableView, pkt: Packet, key: list[str], sources: list[_Source]) -> Explanation:
@@ -334,21 +335,21 @@ def _unserved(view: TableView, pkt: Packet, key: list[str], sources: list[_Sourc
     f = pkt.family
     label = "any source"
     if _nodeport_address(view, pkt):
-        hit = view.get(set_name("no-endpoint-nodeports", f), [pkt.proto, str(pkt.port)])
+        hit = view.get(sets.NO_ENDPOINT_NODEPORTS.name(f), [pkt.proto, str(pkt.port)])
         if hit is not None:
             return Explanation(_dest(pkt), pkt.proto, pkt.source, hit[1], "NodePort",
                                (Outcome(label, "reject", False, notes=("the Service has no endpoints",)),))
-    hit = view.get(set_name("no-endpoint-services", f), key)
+    hit = view.get(sets.NO_ENDPOINT_SERVICES.name(f), key)
     if hit is not None:
-        path = "ClusterIP" if view.get(set_name("cluster-ips", f), [pkt.dest]) is not None else None
+        path = "ClusterIP" if view.get(sets.CLUSTER_IPS.name(f), [pkt.dest]) is not None else None
         return Explanation(_dest(pkt), pkt.proto, pkt.source, hit[1], path,
                            (Outcome(label, "reject", False, notes=("the Service has no endpoints",)),))
     if not view.is_local(pkt.dest):
-        owner = view.get(set_name("cluster-ips", f), [pkt.dest])
+        owner = view.get(sets.CLUSTER_IPS.name(f), [pkt.dest])
         if owner is not None:
             return Explanation(_dest(pkt), pkt.proto, pkt.source, owner[1], "ClusterIP", (Outcome(
                 label, "reject", False, notes=(f"{pkt.proto}/{pkt.port} is not a port of this ClusterIP's Service",)),))
-        cidrs = [text for text, _ in view.keys(set_name("service-cidrs", f))]
+        cidrs = [text for text, _ in view.keys(sets.SERVICE_CIDRS.name(f))]
         if cidrs and _contains(cidrs, pkt.dest):
             return Explanation(_dest(pkt), pkt.proto, pkt.source, None, None, (Outcome(
                 label, "drop", False, notes=(f"no Service holds this address of the service CIDR ({', '.join(cidrs)})",)),))

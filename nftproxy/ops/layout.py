@@ -17,7 +17,9 @@ from typing import Any
 from ipaddress import ip_address, ip_network, summarize_address_range
 
 from ..desired.skeleton import TABLE
-from ..desired.translate import AFFINITY_IPS, AFFINITY_NODEPORTS, EXTERNAL_IPS, KINDS, NODE_PORTS, backends_map_name
+from ..desired import sets
+from ..desired.sets import backends_map_name
+from ..desired.translate import AFFINITY_IPS, AFFINITY_NODEPORTS, EXTERNAL_IPS, KINDS, NODE_PORTS
 from .netlink import ELEM_INTERVAL_END, SET_CONCAT, SET_INTERVAL, VERDICT_DATA, Expression, RawElement, SetInfo, Verdict
 
 __all__ = ["TABLE", "AFFINITY_IPS", "AFFINITY_NODEPORTS", "EXTERNAL_IPS", "NODE_PORTS", "backends_map_name",
@@ -30,7 +32,7 @@ _SIZES = {_INTEGER: 4, _IPADDR: 4, _IP6ADDR: 16, _INET_PROTOCOL: 1, _INET_SERVIC
 # A frontend's map value is a class (a tc handle, `4100:3`) that one of these small verdict maps turns
 # into a chain (rules/nftproxy.nft): the services chain's, the externalTrafficPolicy Local chains', and
 # the sessionAffinity record's. Maps that still hold verdicts are read as they are.
-DISPATCH, LOCAL_DISPATCH, AFFINITY_DISPATCH = "classes", "local-classes", "affinity-classes"
+DISPATCH, LOCAL_DISPATCH, AFFINITY_DISPATCH = sets.CLASSES.name, sets.LOCAL_CLASSES.name, sets.AFFINITY_CLASSES.name
 _PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 _PROTOCOL_NUMBERS = {name: number for number, name in _PROTOCOLS.items()}
 _VERDICTS = {0: "drop", 1: "accept", -1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
@@ -239,10 +241,6 @@ def affinity_timeout(verdict: str | None) -> int | None:
     """From a frontend's record verdict (`jump affinity-record-v4-10800`): its timeout in seconds."""
     match = _RECORD_CHAIN.fullmatch(verdict.split(" ", 1)[1]) if verdict and " " in verdict else None
     return int(match["timeout"]) if match else None
-
-
-def set_name(base: str, family: int) -> str:
-    return f"{base}-v{family}"
 
 
 # --- rules: only what explain needs to know of the lb chains ---------------------------------------------

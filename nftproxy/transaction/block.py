@@ -18,8 +18,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..desired.elements import Chain
-from .transaction import quote_comment
+from ..desired.elements import Element, element_items
+from ..diff.rebuild import Owned, Rebuilt, rebuild_pass
 
 _SET_HEADER = re.compile(r"^(set|map)\s+([\w-]+)$")
 
@@ -111,17 +111,31 @@ HEADER_TEMPLATE = "add table {target}\ndelete table {target}\ntable {target} {{\
 FOOTER = "}\n"
 
 
-def chain_block(chain: Chain) -> str:
-    """A chain and the maps it owns, as declarations inside the table block."""
-    out = [f"\tmap {name} {{ {body} }}\n" for name, body in chain.maps]
-    out.append(f"\tchain {chain.name} {{\n")
-    if chain.comment:
-        out.append(f"\t\tcomment {quote_comment(chain.comment)}\n")
-    out.extend(f"\t\t{rule}\n" for rule in chain.rules)
-    out.append("\t}\n")
-    return "".join(out)
+def elements_block(declaration: str, elements: list[Element]) -> str:
+    """One batch of a set's elements: the set declared again, with them."""
+    return f"\t{declaration}\n\t\telements = {{\n\t{element_items(elements)}\n\t\t}}\n\t}}\n"
 
 
-def elements_block(declaration: str, items: str) -> str:
-    """One batch of a set's elements: the set declared again, with them (items joined by ",\\n\\t")."""
-    return f"\t{declaration}\n\t\telements = {{\n\t{items}\n\t\t}}\n\t}}\n"
+def rebuild_script(owned: Owned, out: Rebuilt, skeleton: TableBlock, target: str) -> Iterator[str]:
+    """The rebuild as one table block, produced as it is planned (diff/rebuild.py).
+
+    The first chunk is the header alone; `out` is complete once the last chunk has been taken.
+    """
+    declarations = dict(skeleton.declarations)
+    yield HEADER_TEMPLATE.format(target=target)
+    yield skeleton.body
+    for item in rebuild_pass(owned, out):
+        if isinstance(item, tuple):
+            set_name, elements = item
+            if set_name not in declarations:
+                raise KeyError(f"no declaration of set {set_name} in the skeleton or in a chain")
+            yield elements_block(declarations[set_name], elements)
+            continue
+        declarations.update((m.name, f"{m.kind} {m.name} {{ {m.body()}") for m in item.maps)
+        yield item.block()
+        entries: dict[str, list[Element]] = {}  # the verdict elements that lead to it
+        for el in item.entries:
+            entries.setdefault(el.set, []).append(el)
+        for set_name, elements in entries.items():
+            yield elements_block(declarations[set_name], elements)
+    yield FOOTER

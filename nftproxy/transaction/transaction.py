@@ -1,112 +1,123 @@
-"""A transaction object rendered to one `nft -f` script: the kernel applies it whole or not at all."""
+"""A transaction: a list of (verb, object), rendered to one `nft -f` script that the kernel applies
+whole or not at all.
+
+The order of the list is the order the kernel needs: the table and skeleton of a rebuild, then new
+chains (each with the maps it owns and the verdict elements leading to it), element deletes, element
+adds, old chains. Consecutive element operations on one set render as one statement.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from itertools import groupby
+from typing import Literal
 
-from ..desired.elements import Chain, Element
-from ..desired.skeleton import FAMILY, TABLE, skeleton_text
+from ..desired.elements import (
+    ELEMENTS_PER_STATEMENT,
+    TARGET,
+    Chain,
+    Element,
+    SetDecl,
+    Skeleton,
+    Table,
+    element_items,
+    key_items,
+)
+from ..desired.skeleton import skeleton_text
 from ..diff.plan import Plan
+from ..diff.rebuild import Rebuilt
 
-ELEMENTS_PER_STATEMENT = 4096  # keeps statements short without costing parse time
-_BATCH = ELEMENTS_PER_STATEMENT
-
-
-COMMENT_MAX_BYTES = 128  # nft refuses longer comments ("comment too long"), counted in bytes
-# What a double-quoted nft string cannot carry: quotes, backslashes and control characters (a NUL is
-# a syntax error that would fail the whole transaction, everyone's rules with it).
-_UNQUOTABLE = {c: None for c in (*range(0x20), 0x7F, ord('"'), ord("\\"))}
+Verb = Literal["add", "delete"]
+NftObject = Table | Skeleton | SetDecl | Chain | Element
+Operation = tuple[Verb, NftObject]
+TABLE = Table()
 
 
-@lru_cache(maxsize=65536)
-def quote_comment(text: str) -> str:
-    """A comment nft accepts whatever a name holds: unquotable characters dropped, cut to 128 bytes on
-    a character boundary (a multi-byte name cut by characters could exceed the limit)."""
-    cleaned = text.translate(_UNQUOTABLE)
-    if len(cleaned) > COMMENT_MAX_BYTES // 4 and len(cleaned.encode()) > COMMENT_MAX_BYTES:
-        cleaned = cleaned.encode()[:COMMENT_MAX_BYTES].decode("utf-8", "ignore")
-    return f'"{cleaned}"'
+def rebuild_head() -> list[Operation]:
+    """What every rebuild starts with: the table created if missing, deleted, and the skeleton loaded."""
+    return [("add", TABLE), ("delete", TABLE), ("add", Skeleton(skeleton_text()))]
+
+
+def _by_set(elements: Iterable[Element]) -> list[Element]:
+    """Elements grouped by set, sets in name order, each set's in the order given (a stable sort)."""
+    return sorted(elements, key=lambda el: el.set)
 
 
 @dataclass(slots=True)
 class Transaction:
-    """Operations in the order the kernel needs: new chains, element deletes, element adds, old chains.
-
-    `rebuild` deletes and recreates the whole table first (from the skeleton): the first sync and any
-    sync after a failure. Established connections survive it: their NAT lives in conntrack.
-    """
-
-    rebuild: bool = False
-    add_chains: list[Chain] = field(default_factory=list)
-    delete_elements: list[Element] = field(default_factory=list)
-    add_elements: list[Element] = field(default_factory=list)
-    delete_chains: list[Chain] = field(default_factory=list)
-    # a rebuild's elements, already rendered per set (see diff/rebuild.py), and how many there are
-    rendered_elements: dict[str, str] = field(default_factory=dict)
-    rendered_count: int = 0
+    operations: list[Operation] = field(default_factory=list)
+    # elements of a rebuild that went to the kernel as a stream, not held here (see transaction/block.py)
+    streamed_elements: int = 0
 
     @classmethod
-    def from_plan(cls, plan: Plan, rebuild: bool = False) -> Transaction:
-        return cls(rebuild, plan.add_chains, plan.delete_elements, plan.add_elements, plan.delete_chains)
+    def from_plan(cls, plan: Plan) -> Transaction:
+        ops: list[Operation] = [("add", ch) for ch in sorted(plan.add_chains, key=lambda c: c.name)]
+        ops += [("delete", el) for el in _by_set(plan.delete_elements)]
+        ops += [("add", el) for el in _by_set(plan.add_elements)]
+        ops += [("delete", ch) for ch in sorted(plan.delete_chains, key=lambda c: c.name)]
+        return cls(ops)
+
+    @classmethod
+    def from_rebuild(cls, rebuilt: Rebuilt, elements: Iterable[Element]) -> Transaction:
+        """A whole rebuild as statements (dry runs and the in-memory kernel; the agent streams one)."""
+        ops = rebuild_head()
+        ops += [("add", ch) for ch in sorted(rebuilt.add_chains, key=lambda c: c.name)]
+        ops += [("add", el) for el in _by_set(elements)]
+        return cls(ops)
+
+    @classmethod
+    def streamed(cls, rebuilt: Rebuilt) -> Transaction:
+        """What a streamed rebuild sent, for counting: its head and chains, and how many elements."""
+        ops = rebuild_head() + [("add", ch) for ch in rebuilt.add_chains]
+        return cls(ops, rebuilt.element_count)
+
+    @property
+    def rebuild(self) -> bool:
+        return any(isinstance(obj, Skeleton) for _, obj in self.operations[:3])
 
     def is_empty(self) -> bool:
-        return not (self.rebuild or self.add_chains or self.delete_elements or self.add_elements or self.delete_chains)
+        return not self.operations
 
     def operation_count(self) -> int:
-        return (len(self.add_chains) + len(self.delete_elements) + len(self.add_elements) + len(self.delete_chains)
-                + self.rendered_count)
+        """Chain and element operations (a chain counts once, with its rules, maps and entries)."""
+        return sum(isinstance(obj, (Chain, Element)) for _, obj in self.operations) + self.streamed_elements
 
     def render(self) -> str:
         out: list[str] = []
-        target = f"{FAMILY} {TABLE}"
-        if self.rebuild:
-            out.append(f"add table {target}\ndelete table {target}\n")
-            out.append(skeleton_text())
-        for chain in sorted(self.add_chains, key=lambda c: c.name):
-            out.extend(f"add map {target} {name} {{ {body} }}\n" for name, body in chain.maps)
-            comment = f" {{ comment {quote_comment(chain.comment)} ; }}" if chain.comment else ""
-            out.append(f"add chain {target} {chain.name}{comment}\n")
-            out.extend(f"add rule {target} {chain.name} {rule}\n" for rule in chain.rules)
-            out.extend(_element_statements("add", target, chain.entries, with_values=True))
-        out.extend(_element_statements("delete", target, self.delete_elements, with_values=False))
-        out.extend(_element_statements("add", target, self.add_elements, with_values=True))
-        out.extend(f"add element {target} {name} {{\n\t{text}\n}}\n" for name, text in sorted(self.rendered_elements.items()))
-        for chain in sorted(self.delete_chains, key=lambda c: c.name):
-            out.extend(_element_statements("delete", target, chain.entries, with_values=False))
-            out.append(f"delete chain {target} {chain.name}\n")
-            out.extend(f"delete map {target} {name}\n" for name, _ in chain.maps)
+        for (verb, kind), group in groupby(self.operations, key=lambda op: (op[0], type(op[1]))):
+            if kind is Element:
+                out.extend(element_statements(verb, [obj for _, obj in group if isinstance(obj, Element)]))
+            else:
+                out.extend(render_operation(verb, obj) for _, obj in group)
         return "".join(out)
 
 
-def render_element(el: Element, with_values: bool) -> str:
-    text = el.key
-    if with_values:
-        if el.comment:
-            text += f" comment {quote_comment(el.comment)}"
-        if el.value is not None:
-            text += f" : {el.value}"
-    return text
+def render_operation(verb: Verb, obj: NftObject) -> str:
+    """One operation that is not an element (elements go in batches: `element_statements`)."""
+    if isinstance(obj, Skeleton):
+        return obj.text
+    if isinstance(obj, Table):
+        return obj.add_statement() if verb == "add" else obj.delete_statement()
+    if isinstance(obj, SetDecl):
+        return obj.add_statement() if verb == "add" else obj.delete_statement()
+    if isinstance(obj, Chain):
+        if verb == "add":
+            return ("".join(m.add_statement() for m in obj.maps) + obj.add_statements()
+                    + "".join(element_statements("add", obj.entries)))
+        return ("".join(element_statements("delete", obj.entries)) + obj.delete_statement()
+                + "".join(m.delete_statement() for m in obj.maps))
+    raise TypeError(f"cannot render {obj!r} alone")
 
 
-def _element_statements(verb: str, target: str, elements: Iterable[Element], with_values: bool) -> list[str]:
-    by_set: dict[str, list[str]] = {}
-    for set_name, key, value, comment in elements:
-        items = by_set.get(set_name)
-        if items is None:
-            items = by_set[set_name] = []
-        if not with_values:
-            items.append(key)
-        elif comment:
-            items.append(f"{key} comment {quote_comment(comment)} : {value}" if value is not None
-                         else f"{key} comment {quote_comment(comment)}")
-        else:
-            items.append(f"{key} : {value}" if value is not None else key)
+def element_statements(verb: Verb, elements: Iterable[Element]) -> list[str]:
+    """`add element` (with values and comments) or `delete element` (keys only) statements, one per set
+    and per ELEMENTS_PER_STATEMENT elements, sets in the order they come."""
+    items = element_items if verb == "add" else key_items
     out: list[str] = []
-    for set_name in sorted(by_set):
-        items = by_set[set_name]
-        for start in range(0, len(items), _BATCH):
-            body = ",\n\t".join(items[start : start + _BATCH])
-            out.append(f"{verb} element {target} {set_name} {{\n\t{body}\n}}\n")
+    for set_name, group in groupby(elements, key=lambda el: el.set):
+        batch = list(group)
+        for start in range(0, len(batch), ELEMENTS_PER_STATEMENT):
+            body = items(batch[start : start + ELEMENTS_PER_STATEMENT])
+            out.append(f"{verb} element {TARGET} {set_name} {{\n\t{body}\n}}\n")
     return out
