@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from ..desired.sets import FAMILIES, HAIRPIN
 from ..kernel import KernelError
 from ..objects.model import ObjectRef
 from ..objects.parse import slice_service_ref
@@ -189,7 +190,8 @@ class SyncLoop:
         for name, count in counts.items():
             m.map_elements.labels(name).set(count)
         m.services.set(len(self.proxier.committed_inputs))
-        m.endpoints.set(sum(n for name, n in counts.items() if name.startswith("hairpin")))
+        # one hairpin element per endpoint address the rules send to (see translate: hairpin)
+        m.endpoints.set(sum(counts.get(HAIRPIN.name(family), 0) for family in FAMILIES))
         for kind in ("Service", "EndpointSlice"):
             m.invalid_objects.labels(kind).set(sum(1 for k, _ in self.proxier.invalid if k == kind))
         m.conflicts.set(len(result.conflicts))
