@@ -21,7 +21,7 @@ class SetFamily:
     """One set or map per IP family, named `<base>-v4` and `<base>-v6`.
 
     `key`/`value` are type text with `{addr}` for the family's address type; `v6` overrides the IPv6
-    declaration where it differs in shape (affinity entries are hashed there, see translate.py).
+    declaration where it differs in shape (affinity entries are hashed there, see chains.py).
     `shared`: several Services may hold the same element by design (hairpin): never a conflict, and
     the element carries no value or comment that could differ between them.
     """
@@ -47,7 +47,7 @@ class SetFamily:
 
 _FRONTEND = "{addr} . inet_proto . inet_service"
 _NODEPORT = "inet_proto . inet_service"
-_HASHED_ENTRY = "numgen random mod 1 . numgen random mod 1 . meta l4proto . th dport"  # see translate._HASH
+_HASHED_ENTRY = "numgen random mod 1 . numgen random mod 1 . meta l4proto . th dport"  # see chains._HASH
 
 # what the configuration puts in
 SERVICE_CIDRS = SetFamily("service-cidrs", "{addr}", flags=("interval",))

@@ -92,7 +92,7 @@ class ExternalNames(Protocol):
 
 
 class AffinityNames(Protocol):
-    """A frontend kind's sessionAffinity sets (translate.AFFINITY_IPS / AFFINITY_NODEPORTS)."""
+    """A frontend kind's sessionAffinity sets (chains.AFFINITY_IPS / AFFINITY_NODEPORTS)."""
 
     @property
     def entries(self) -> SetFamily: ...

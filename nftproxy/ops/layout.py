@@ -19,7 +19,8 @@ from ipaddress import ip_address, ip_network, summarize_address_range
 from ..desired.skeleton import TABLE
 from ..desired import sets
 from ..desired.sets import backends_map_name
-from ..desired.translate import AFFINITY_IPS, AFFINITY_NODEPORTS, EXTERNAL_IPS, KINDS, NODE_PORTS
+from ..desired.chains import AFFINITY_IPS, AFFINITY_NODEPORTS, KINDS
+from ..desired.translate import EXTERNAL_IPS, NODE_PORTS
 from .netlink import ELEM_INTERVAL_END, SET_CONCAT, SET_INTERVAL, VERDICT_DATA, Expression, RawElement, SetInfo, Verdict
 
 __all__ = ["TABLE", "AFFINITY_IPS", "AFFINITY_NODEPORTS", "EXTERNAL_IPS", "NODE_PORTS", "backends_map_name",
