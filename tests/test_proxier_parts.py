@@ -149,12 +149,12 @@ def test_owners_follow_the_committed_inputs() -> None:
     state = CommittedState()
     old = inputs_of(service("web", "198.19.0.10", creation="2026-01-01T00:00:00Z"))
     new = inputs_of(service("web", "198.19.0.10", creation="2026-02-01T00:00:00Z"))  # re-created: a new owner id
-    state.record(state.claims, {WEB: old}, rebuild=False)
+    state.record(state.claims, {WEB: old}, rebuild=False, zone=None)
     assert state.holds(WEB) and state.owners == {owner_of(old): WEB}
-    state.record(state.claims, {WEB: new}, rebuild=False)
+    state.record(state.claims, {WEB: new}, rebuild=False, zone=None)
     assert state.owners == {owner_of(new): WEB}
     assert state.previous([WEB, ObjectRef("default", "x")]) == {WEB: new, ObjectRef("default", "x"): None}
-    state.record(state.claims, {WEB: None}, rebuild=False)
+    state.record(state.claims, {WEB: None}, rebuild=False, zone=None)
     assert not state.holds(WEB) and not state.owners
 
 
@@ -213,7 +213,7 @@ def test_compute_sends_nothing_and_commits_nothing() -> None:
 # --- the observers ---------------------------------------------------------------------------------
 def commit(inputs: dict[ObjectRef, ServiceInputs | None], previous: dict[ObjectRef, ServiceInputs | None],
            rebuild: bool = False, conflicts: list[Conflict] | None = None) -> Commit:
-    return Commit(rebuild, inputs, previous, conflicts or [], None)
+    return Commit(rebuild, inputs, previous, conflicts or [], None, None)
 
 
 def test_a_conflict_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from nftproxy.agent.proxier import Proxier
 from nftproxy.config import ProxyConfig
+from nftproxy.desired.conntrack import StaleFlows
 from nftproxy.desired.skeleton import class_id, skeleton_text
 from nftproxy.kernel import KernelError
 from nftproxy.kernel.fake import FakeKernel
@@ -126,6 +127,8 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
         if rng.random() < 0.2:
             extra["internalTrafficPolicy"] = "Local"
         if rng.random() < 0.3:
+            extra["trafficDistribution"] = "PreferClose"  # read against the node's zone, which changes below
+        if rng.random() < 0.3:
             extra["sessionAffinity"] = "ClientIP"
             extra["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": rng.choice([10, 60])}}
         ips = [f"198.19.0.{i + 1}"] + ([f"2001:db8:2::{i + 1:x}"] if rng.random() < 0.3 else [])
@@ -134,10 +137,20 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
         fam = rng.choice(["IPv4", "IPv6"])
         addrs = [f"198.18.{129 + rng.randrange(2)}.{rng.randrange(2, 8)}" if fam == "IPv4" else f"2001:db8:1::{rng.randrange(2, 8):x}"
                  for _ in range(rng.randrange(0, 5))]
-        proxier.upsert(endpoint_slice(name, addrs, name=f"{name}-{fam.lower()}-{rng.randrange(2)}", address_type=fam,
-                                      node=rng.choice([None, "node-1", "node-2"]),
-                                      ports=[{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]))
-    elif roll < 0.9:
+        slice_ = endpoint_slice(name, addrs, name=f"{name}-{fam.lower()}-{rng.randrange(2)}", address_type=fam,
+                                node=rng.choice([None, "node-1", "node-2"]),
+                                ports=[{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}])
+        if rng.random() < 0.6:  # topology hints, used only when every endpoint has them
+            for endpoint in slice_["endpoints"]:
+                endpoint["hints"] = {"forZones": [{"name": rng.choice(["zone-a", "zone-b"])}]}
+        proxier.upsert(slice_)
+    elif roll < 0.8:
+        if rng.random() < 0.7:
+            proxier.upsert({"apiVersion": "v1", "kind": "Node", "metadata": {
+                "name": "node-1", "labels": {"topology.kubernetes.io/zone": rng.choice(["zone-a", "zone-b"])}}})
+        else:
+            proxier.delete("Node", "", "node-1")
+    elif roll < 0.92:
         proxier.delete("Service", "default", name)
     else:
         proxier.delete("EndpointSlice", "default", f"{name}-ipv4-{rng.randrange(2)}")
@@ -179,7 +192,7 @@ def _record_objects(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def upsert(self: Proxier, obj: dict) -> None:
         store = self.__dict__.setdefault("_test_objects", {})
-        store[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+        store[(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])] = obj
         original_upsert(self, obj)
 
     def delete(self: Proxier, kind: str, namespace: str, name: str) -> None:
@@ -281,3 +294,31 @@ def test_affinity_covers_every_frontend() -> None:
     proxier.sync()
     assert not [line for line in kernel.dump() if "element affinity" in line and "-v6" in line]
     assert any(line.startswith("element affinity-services-v4 ") for line in kernel.dump())
+
+
+def test_a_zone_change_moves_topology_hinted_traffic_and_flushes_its_udp_flows() -> None:
+    """Hints are read against this node's zone: when the zone changes, the Service's rules (and its UDP
+    flows to endpoints no longer chosen) change with it, though the Service and its slices did not."""
+    stale: list[StaleFlows] = []
+    kernel = FakeKernel()
+    proxier = Proxier(CONFIG, kernel, on_stale_flows=stale.extend)
+
+    def node(zone: str) -> dict:
+        return {"kind": "Node", "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": zone}}}
+
+    slice_ = endpoint_slice("dns", ["198.18.129.2", "198.18.129.3"], ports=[{"name": "dns", "port": 5353, "protocol": "UDP"}])
+    for endpoint, zone in zip(slice_["endpoints"], ("zone-a", "zone-b")):
+        endpoint["hints"] = {"forZones": [{"name": zone}]}
+    proxier.upsert(node("zone-a"))
+    proxier.upsert(service("dns", "198.19.0.53", [{"name": "dns", "port": 53, "protocol": "UDP"}],
+                           trafficDistribution="PreferClose"))
+    proxier.upsert(slice_)
+    proxier.sync()
+    backends = [line for line in kernel.dump() if line.startswith("element backends-cluster-v4-1 ")]
+    assert len(backends) == 1 and "198.18.129.2 . 5353" in backends[0]
+    stale.clear()
+    proxier.upsert(node("zone-b"))
+    proxier.sync()
+    backends = [line for line in kernel.dump() if line.startswith("element backends-cluster-v4-1 ")]
+    assert len(backends) == 1 and "198.18.129.3 . 5353" in backends[0]
+    assert StaleFlows(4, "198.19.0.53", 53, ("198.18.129.2", 5353)) in stale

@@ -27,6 +27,7 @@ class CommittedState:
     claims: Committed = field(default_factory=Committed)
     inputs: dict[ObjectRef, ServiceInputs] = field(default_factory=dict)
     owners: dict[str, ObjectRef] = field(default_factory=dict)  # owner id -> Service, for value lookups
+    zone: str | None = None  # the node's zone the committed rules read topology hints against
 
     def holds(self, ref: ObjectRef) -> bool:
         """Whether the kernel holds rules of this Service."""
@@ -36,10 +37,15 @@ class CommittedState:
         """The inputs committed for these Services (None: no rules), read before they are replaced."""
         return {ref: self.inputs.get(ref) for ref in refs}
 
-    def record(self, claims: Committed, new_inputs: Mapping[ObjectRef, ServiceInputs | None], rebuild: bool) -> None:
+    def record(self, claims: Committed, new_inputs: Mapping[ObjectRef, ServiceInputs | None], rebuild: bool,
+               zone: str | None) -> None:
         """The kernel took a sync: these are its claims, and these Services' inputs are now committed.
-        A rebuild replaces everything (its `new_inputs` name every Service that was committed)."""
+        A rebuild replaces everything (its `new_inputs` name every Service that was committed).
+
+        `zone`: the one the sync read. A zone change marks every Service that reads it dirty, so after
+        any sync all committed rules were made against the same zone."""
         self.claims = claims
+        self.zone = zone
         if rebuild:
             self.inputs = {}
             self.owners = {}
@@ -63,3 +69,4 @@ class Commit:
     previous: Mapping[ObjectRef, ServiceInputs | None]  # the same Services, as committed before
     conflicts: Sequence[Conflict]
     zone: str | None  # this node's zone, against which topology hints were read
+    previous_zone: str | None  # the zone `previous` was committed with

@@ -52,8 +52,8 @@ class StaleFlowCleanup:
         stale: list[StaleFlows] = []
         for ref, inputs in commit.inputs.items():
             old = commit.previous[ref]
-            if old != inputs:
-                stale += stale_udp_flows(old, inputs, self.config, commit.zone)
+            if old != inputs or commit.previous_zone != commit.zone:
+                stale += stale_udp_flows(old, inputs, self.config, commit.zone, commit.previous_zone)
         if stale:
             self.on_stale_flows(stale)
 

@@ -51,24 +51,24 @@ def fragment_of(inputs: ServiceInputs | None, config: ProxyConfig, zone: str | N
 def plan_change(store: ObjectStore, committed: CommittedState, config: ProxyConfig) -> PendingSync:
     """The difference the dirty Services make: each one's old fragment (from the inputs last
     committed) against its new one, planned against the committed claims."""
-    zone = store.zone
+    zone, old_zone = store.zone, committed.zone  # old rules were made against the zone they were committed with
     new_inputs = {ref: store.inputs(ref) for ref in set(store.dirty)}
     changes: list[Change] = []
     for ref, inputs in new_inputs.items():
         old = committed.inputs.get(ref)
-        if old == inputs:
+        if old == inputs and old_zone == zone:
             continue
         old_owner = owner_of(old) if old else None
         new_owner = owner_of(inputs) if inputs else None
         if old_owner == new_owner:
-            changes.append(Change(old_owner or "", fragment_of(old, config, zone), fragment_of(inputs, config, zone)))
+            changes.append(Change(old_owner or "", fragment_of(old, config, old_zone), fragment_of(inputs, config, zone)))
         else:
             if old is not None:
-                changes.append(Change(old_owner or "", fragment_of(old, config, zone), EMPTY))
+                changes.append(Change(old_owner or "", fragment_of(old, config, old_zone), EMPTY))
             if inputs is not None:
                 changes.append(Change(new_owner or "", EMPTY, fragment_of(inputs, config, zone)))
     the_plan = plan(committed.claims.claims, committed.claims.chains, changes,
-                    _committed_lookup(committed, config, zone))
+                    _committed_lookup(committed, config, old_zone))
     return PendingSync(Transaction.from_plan(the_plan), new_inputs, False, plan=the_plan)
 
 

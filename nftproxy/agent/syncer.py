@@ -98,9 +98,9 @@ class Syncer:
 
     def _commit(self, pending: PendingSync) -> Commit:
         """The kernel took `pending`: record it as committed, and what it changed."""
-        previous = self.committed.previous(pending.new_inputs)
+        previous, previous_zone = self.committed.previous(pending.new_inputs), self.committed.zone
         claims, conflicts = commit_claims(self.committed.claims, pending)
-        self.committed.record(claims, pending.new_inputs, pending.rebuild)
+        self.committed.record(claims, pending.new_inputs, pending.rebuild, self.store.zone)
         self.store.dirty.clear()
         self.needs_rebuild = False
-        return Commit(pending.rebuild, pending.new_inputs, previous, conflicts, self.store.zone)
+        return Commit(pending.rebuild, pending.new_inputs, previous, conflicts, self.store.zone, previous_zone)

@@ -53,8 +53,10 @@ def _udp_frontends(inputs: Inputs | None, config: ProxyConfig, zone: str | None)
     return out
 
 
-def stale_udp_flows(old: Inputs | None, new: Inputs | None, config: ProxyConfig, zone: str | None = None) -> list[StaleFlows]:
-    before = _udp_frontends(old, config, zone)
+def stale_udp_flows(old: Inputs | None, new: Inputs | None, config: ProxyConfig, zone: str | None = None,
+                    old_zone: str | None = None) -> list[StaleFlows]:
+    """`zone`/`old_zone`: the node's zone now, and the one the old rules were made against."""
+    before = _udp_frontends(old, config, old_zone)
     after = _udp_frontends(new, config, zone)
     stale: list[StaleFlows] = []
     for (family, address, port), endpoints in sorted(before.items(), key=str):
