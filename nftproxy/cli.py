@@ -11,14 +11,17 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .config import ConfigError, ProxyConfig, default_node_name, parse_cidr_list
 from .configfile import FileSettings, load_config_file, parse_bind_address, parse_duration
 from .logs import setup_logging
 
 if TYPE_CHECKING:  # lb.agent imports the kubernetes client: ~0.4 s that --once from manifests need not pay
+    from .agent.kube import ResourceWatcher
+    from .agent.manifest_watch import ManifestWatcher
     from .lb.agent import LBSettings
+    from .objects.parse import InvalidObject
 
 log = logging.getLogger("nftproxy")
 
@@ -132,7 +135,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     nodeport = args.nodeport_addresses if args.nodeport_addresses is not None else list(file.nodeport_addresses or ())
     proxy = ProxyConfig(
         node_name=str(choose(args.node_name, file.hostname_override, None) or default_node_name()),
-        cluster_cidrs=parse_cidr_list("--cluster-cidr", choose(args.cluster_cidr, file.cluster_cidr, ""), True),  # type: ignore[arg-type]
+        cluster_cidrs=parse_cidr_list(
+            "--cluster-cidr", cast("str | list[str]", choose(args.cluster_cidr, file.cluster_cidr, "")), True),
         service_cidrs=parse_cidr_list("--service-cidr", args.service_cidr or "", True),
         nodeport_cidrs=parse_cidr_list("--nodeport-addresses", nodeport, False),
         masquerade_all=bool(choose(args.masquerade_all, file.masquerade_all, False)),
@@ -336,6 +340,7 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
     health = HealthState(timeout=2 * settings.sync_period)
     recorder = None
     lb_agent = None
+    starters: list[ManifestWatcher | ResourceWatcher]
 
     if args.manifests:
         from .agent.manifest_source import ManifestSource
@@ -355,9 +360,9 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
         recorder = EventRecorder(core, node)
         feed: Any = updates
         slice_feed: Any = updates
-        if settings.lb.enabled:
-            lb_agent = build_lb_agent(settings, core, recorder, metrics, lambda: loop.sync_count > 0 and
-                                      loop.failures == 0, updates)
+        if settings.lb is not None and settings.lb.enabled:
+            lb_agent = build_lb_agent(settings.lb, settings, core, recorder, metrics,
+                                      lambda: loop.sync_count > 0 and loop.failures == 0, updates)
             feed = Tee(updates, lb_agent.queue)
             slice_feed = lb_agent.slice_feed(updates)
         starters = [
@@ -369,10 +374,10 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
         if lb_agent is not None:
             starters += lb_agent.watchers(stop)
 
-    def on_invalid(err: object) -> None:
+    def on_invalid(err: InvalidObject) -> None:
         metrics.invalid_total.labels(getattr(err, "kind", "")).inc()
         if recorder is not None:
-            recorder.invalid(err)  # type: ignore[arg-type]
+            recorder.invalid(err)
 
     from .kernel.conntrack import ConntrackCleaner
 
@@ -436,7 +441,7 @@ def cmd_run(args: argparse.Namespace, settings: RunSettings) -> int:
     return 0
 
 
-def build_lb_agent(settings: RunSettings, core: Any, recorder: Any, metrics: Any,
+def build_lb_agent(lb: LBSettings, settings: RunSettings, core: Any, recorder: Any, metrics: Any,
                    proxy_ready: Callable[[], bool], proxy_updates: Any) -> Any:
     """The LoadBalancer half: allocator (leader only), heartbeats, carrier watch, ARP/NDP responder."""
     from .lb.agent import LoadBalancerAgent
@@ -444,7 +449,6 @@ def build_lb_agent(settings: RunSettings, core: Any, recorder: Any, metrics: Any
     from .lb.membership import Membership
     from .lb.responder import L2Responder
 
-    lb = settings.lb
     node = settings.proxy.node_name
 
     def membership(on_change: Callable[[frozenset[str]], None]) -> Membership:

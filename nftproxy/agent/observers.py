@@ -44,7 +44,7 @@ class StaleFlowCleanup:
     """Hands on the UDP conntrack entries that point at backends a Service no longer has (UDP has
     no connection to end: without this, its flows keep going to the old backend)."""
 
-    def __init__(self, config: ProxyConfig, on_stale_flows: Callable[[list[StaleFlows]], None]) -> None:
+    def __init__(self, config: ProxyConfig, on_stale_flows: Callable[[list[StaleFlows]], object]) -> None:
         self.config = config
         self.on_stale_flows = on_stale_flows
 

@@ -36,7 +36,7 @@ class Proxier:
         config: ProxyConfig,
         kernel: Kernel,
         on_invalid: Callable[[InvalidObject], None] | None = None,
-        on_stale_flows: Callable[[list[StaleFlows]], None] | None = None,
+        on_stale_flows: Callable[[list[StaleFlows]], object] | None = None,
         on_health_checks: Callable[[dict[ObjectRef, HealthCheck | None]], None] | None = None,
     ) -> None:
         self.config = config

@@ -27,6 +27,7 @@ from ..objects.model import ObjectRef
 from .model import AddressPool, Family, LBRequest, PortUse, address_text, address_value, is_buggy
 
 Address = tuple[Family, int]
+FAMILIES: tuple[Family, ...] = (4, 6)
 
 
 def _address(ip: str) -> Address:
@@ -141,11 +142,11 @@ class Allocator:
         new = {p.name: p for p in pools}
         for name, pool in new.items():
             if self.pools.get(name) != pool:
-                for family in (4, 6):
-                    self._free[(name, family)] = _FreeList(pool, family)  # type: ignore[arg-type]
+                for family in FAMILIES:
+                    self._free[(name, family)] = _FreeList(pool, family)
         for name in self.pools.keys() - new.keys():
-            for family in (4, 6):
-                self._free.pop((name, family), None)  # type: ignore[arg-type]
+            for family in FAMILIES:
+                self._free.pop((name, family), None)
         self.pools = new
         return [ref for ref, held in self._held.items() if not self._fits(held)]
 
@@ -170,7 +171,7 @@ class Allocator:
         for use in self._uses.values():
             if use.pool in used:
                 used[use.pool] += 1
-        return {name: (used[name], sum(self._free[(name, f)].capacity() for f in (4, 6)))  # type: ignore[index]
+        return {name: (used[name], sum(self._free[(name, f)].capacity() for f in FAMILIES))
                 for name in self.pools}
 
     # --- decisions ------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ class Allocator:
             if self._still_valid(held, request, labels):
                 self._release(request.ref)
                 self._claim(request, held.addresses, held.pool)
-                return self.assigned(request.ref)  # type: ignore[return-value]
+                return self.assigned(request.ref)  # type: ignore[return-value]  # just claimed: not None
             self._release(request.ref)
         if request.requested:
             return self._claim_requested(request, labels)
@@ -290,7 +291,7 @@ class Allocator:
             pool_name = pool_name or pool.name
         ordered = tuple(sorted(addresses, key=lambda a: request.families.index(a[0])))
         self._claim(request, ordered, pool_name)
-        return self.assigned(request.ref)  # type: ignore[return-value]
+        return self.assigned(request.ref)  # type: ignore[return-value]  # just claimed: not None
 
     def _pool_for(self, ip: str, request: LBRequest, labels: Mapping[str, str]) -> AddressPool | Refused:
         holding = [p for p in self.pools.values() if p.contains(ip)]
@@ -336,7 +337,7 @@ class Allocator:
             found = self._pick_in(pool, request)
             if found is not None:
                 self._claim(request, found, pool.name)
-                return self.assigned(request.ref)  # type: ignore[return-value]
+                return self.assigned(request.ref)  # type: ignore[return-value]  # just claimed: not None
         names = ", ".join(repr(p.name) for p in pools)
         families = "/".join(f"IPv{f}" for f in request.families)
         return Refused(f"no free {families} address in pool {names}" if len(pools) == 1

@@ -80,9 +80,12 @@ class ClusterView:
         self.bgp_peers: dict[ObjectRef, BGPPeer] = {}
         self.bgp_advertisements: dict[ObjectRef, BGPAdvertisement] = {}
         self.bfd_profiles: dict[ObjectRef, BFDProfile] = {}
-        self._bgp = {PEER_KIND: (self.bgp_peers, parse_bgp_peer),
-                     BGP_ADVERTISEMENT_KIND: (self.bgp_advertisements, parse_bgp_advertisement),
-                     BFD_PROFILE_KIND: (self.bfd_profiles, parse_bfd_profile)}
+        # kind -> (where the parsed objects live, the parser)
+        self._bgp: dict[str, tuple[dict[ObjectRef, Any], Callable[[Mapping[str, Any]], Any]]] = {
+            PEER_KIND: (self.bgp_peers, parse_bgp_peer),
+            BGP_ADVERTISEMENT_KIND: (self.bgp_advertisements, parse_bgp_advertisement),
+            BFD_PROFILE_KIND: (self.bfd_profiles, parse_bfd_profile),
+        }
         self.nodes: dict[str, NodeInfo] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.ready_nodes: dict[ObjectRef, dict[ObjectRef, frozenset[str]]] = {}  # service -> slice -> nodes
