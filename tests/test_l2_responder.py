@@ -677,9 +677,9 @@ def test_two_holders_of_one_address_report_each_other(lan: tuple[NamespaceCluste
     a.set(*ips)
     b.set(*ips)
     for ip in ips:
-        first = a.wait_event(lambda e: e["event"] == "conflict" and e["ip"] == ip, timeout=2)
+        first = a.wait_event(lambda e, ip=ip: e["event"] == "conflict" and e["ip"] == ip, timeout=2)
         assert (first["interface"], first["mac"]) == ("eth0", b.mac)
-        seen = b.wait_event(lambda e: e["event"] == "conflict" and e["ip"] == ip, timeout=2)
+        seen = b.wait_event(lambda e, ip=ip: e["event"] == "conflict" and e["ip"] == ip, timeout=2)
         assert (seen["interface"], seen["mac"]) == ("eth0", a.mac)
         time.sleep(max(0.0, first["t"] + 0.9 - time.monotonic()))
         early = [e for e in a.events if e["event"] == "conflict" and e["ip"] == ip and e["t"] < first["t"] + 0.9]
@@ -709,7 +709,7 @@ def test_carrier_watch_and_link_queries(lan: tuple[NamespaceCluster, Client], sp
             count = len(b.events)
             start = time.monotonic()
             ip("link", *action)
-            event = b.wait_event(lambda e: e in b.events[count:] and e["event"] == "carrier", timeout=2)
+            event = b.wait_event(lambda e, count=count: e in b.events[count:] and e["event"] == "carrier", timeout=2)
             assert event["carrier"] is expect and event["interface"] == "cw0", event
             assert event["t"] - start < 0.5, f"{action} reported after {event['t'] - start:.2f} s"
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from e2e.agent import AgentCluster
-from e2e.netns import NamespaceCluster, Pod, require_root_and_netns
+from e2e.netns import CommandError, NamespaceCluster, Pod, require_root_and_netns
 from e2e.netns.cluster import Client, NetnsLike, cleanup_stale
 from e2e.objects import service
 
@@ -150,7 +150,7 @@ def test_health_check_node_port(world: World) -> None:
     assert http_get(world, world.outside, f"http://{n1.ip}:32101/")[0] == 503
     assert http_get(world, world.outside, f"http://{n2.ip}:32101/")[0] == 200
     world.agents.delete("hc")
-    with pytest.raises(Exception):
+    with pytest.raises(CommandError):  # the client's urlopen fails: connection refused
         http_get(world, world.outside, f"http://{n2.ip}:32101/")  # the server went with the Service
 
 

@@ -114,8 +114,9 @@ def _openapi_v3(gv: str, rtypes: list[ResourceType]) -> dict[str, Any]:
     for r in rtypes:
         gvk = {"group": r.group, "version": r.version, "kind": r.kind}
         base = f"{prefix}/namespaces/{{namespace}}/{r.plural}" if r.namespaced else f"{prefix}/{r.plural}"
-        def op(action: str, params: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"operationId": f"{action}{r.kind}", "parameters": params, "responses": ok,
+        def op(action: str, params: list[dict[str, Any]], kind: str = r.kind,
+               gvk: dict[str, str] = gvk) -> dict[str, Any]:  # this iteration's, bound now
+            return {"operationId": f"{action}{kind}", "parameters": params, "responses": ok,
                     "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk}
         paths[base] = {"get": op("list", []), "post": op("post", [param])}
         paths[base + "/{name}"] = {"get": op("get", []), "put": op("put", [param]),

@@ -1001,7 +1001,8 @@ class NamespaceCluster:
         try:
             return [ProbeResult.from_json(item) for item in json.loads(proc.stdout)]
         except (ValueError, TypeError) as exc:
-            raise CommandError(argv, _ns(netns), proc.returncode, proc.stdout, f"unparsable output: {exc}\n{proc.stderr}")
+            raise CommandError(argv, _ns(netns), proc.returncode, proc.stdout,
+                               f"unparsable output: {exc}\n{proc.stderr}") from exc
 
     def open_connection(
         self,
