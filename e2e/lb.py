@@ -181,7 +181,8 @@ class LBWorld:
 
     def metric(self, node_name: str, name: str) -> float:
         """Sum of a metric's samples on a node (its agent serves /metrics on 127.0.0.1 in the node's namespace)."""
-        code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:10249/metrics', timeout=5).read().decode())"
+        code = ("import urllib.request; "
+                "print(urllib.request.urlopen('http://127.0.0.1:10249/metrics', timeout=5).read().decode())")
         text = self.cluster.exec(self.cluster.node(node_name), [sys.executable, "-c", code]).stdout
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name) and not line.startswith("#"))
@@ -280,7 +281,8 @@ def set_link(world: LBWorld, node: Node, up: bool) -> None:
 # never delays the next one; prints "<monotonic start> <ok>" per attempt.
 _PROBER = r"""
 import socket, sys, threading, time
-ip, port, gap, timeout, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+ip, port, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+timeout, duration = float(sys.argv[4]), float(sys.argv[5])
 family = socket.AF_INET6 if ":" in ip else socket.AF_INET
 lock = threading.Lock()
 def attempt(started):

@@ -62,7 +62,8 @@ def client(targets: list[str], port: int, interval: float, timeout: float) -> in
         except OSError as err:
             failed += 1
             if len(failures) < 20:
-                failures.append({"at_s": round(t0 - started, 1), "target": target, "error": f"{type(err).__name__}: {err}"})
+                failures.append({"at_s": round(t0 - started, 1), "target": target,
+                                 "error": f"{type(err).__name__}: {err}"})
         took = time.monotonic() - t0
         worst = max(worst, took)
         slow += took > 1.0  # a SYN retransmitted: the first was dropped

@@ -68,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave LoadBalancer addresses to another controller (e.g. while MetalLB still runs)")
     lb.add_argument("--load-balancer-class", dest="lb_class", default=None,
                     help="serve Services of this spec.loadBalancerClass only (default: Services without a class)")
-    lb.add_argument("--lb-lease-namespace", default=None, help="namespace of the allocator's Lease (default kube-system)")
+    lb.add_argument("--lb-lease-namespace", default=None,
+                    help="namespace of the allocator's Lease (default kube-system)")
     lb.add_argument("--lb-lease-duration", type=float, default=15.0,
                     help="seconds without renewal before another agent takes the allocator over")
-    lb.add_argument("--lb-heartbeat-port", type=int, default=None, help="UDP port of the node heartbeats (default 7473)")
+    lb.add_argument("--lb-heartbeat-port", type=int, default=None,
+                    help="UDP port of the node heartbeats (default 7473)")
     lb.add_argument("--lb-heartbeat-interval", type=float, default=0.1, help="seconds between heartbeats")
     lb.add_argument("--lb-heartbeat-timeout", type=float, default=0.5,
                     help="seconds of silence before a node counts as dead and its addresses move")
@@ -141,7 +143,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         nodeport_cidrs=parse_cidr_list("--nodeport-addresses", nodeport, False),
         masquerade_all=bool(choose(args.masquerade_all, file.masquerade_all, False)),
     )
-    min_sync = parse_duration("--min-sync-period", choose(args.min_sync_period, file.min_sync_period, DEFAULTS["min_sync_period"]))
+    min_sync = parse_duration("--min-sync-period",
+                              choose(args.min_sync_period, file.min_sync_period, DEFAULTS["min_sync_period"]))
     sync = parse_duration("--sync-period", choose(args.sync_period, file.sync_period, DEFAULTS["sync_period"]))
     if sync <= 0:
         raise ConfigError("--sync-period: must be greater than 0")

@@ -65,8 +65,9 @@ class LatencyResult:
     def first_sync_summary(self) -> str:
         f = self.first_sync
         own = f["decode_s"] + f["parse_s"] + f["rebuild_s"]
-        return (f"{self.services:>6} Services x {self.endpoints}: first full sync {self.cold_sync_seconds:.2f} s from agent "
-                f"start; the API serves the lists ({f['objects']:,.0f} objects) in {f['api_cold_s']:.2f} s uncached, "
+        return (f"{self.services:>6} Services x {self.endpoints}: first full sync {self.cold_sync_seconds:.2f} s "
+                f"from agent start; the API serves the lists ({f['objects']:,.0f} objects) "
+                f"in {f['api_cold_s']:.2f} s uncached, "
                 f"{f['api_warm_s']:.2f} s cached ({f['objects'] / f['api_warm_s']:,.0f} objects/s); the agent's own "
                 f"share {own:.2f} s: decode {f['decode_s']:.2f} s, parse {f['parse_s']:.2f} s "
                 f"({f['objects'] / f['parse_s']:,.0f} objects/s), rebuild {f['rebuild_s']:.2f} s")
@@ -153,7 +154,8 @@ def replay(directory: Path) -> dict[str, float]:
     parsed = time.perf_counter()
     proxier.sync()
     synced = time.perf_counter()
-    return {"objects": objects, "decode_s": decoded - started, "parse_s": parsed - decoded, "rebuild_s": synced - parsed}
+    return {"objects": objects, "decode_s": decoded - started, "parse_s": parsed - decoded,
+            "rebuild_s": synced - parsed}
 
 
 def _replay_in(netns: str, directory: Path) -> dict[str, float]:
@@ -260,8 +262,10 @@ def _measure_in(netns: str, services: int, endpoints: int, changes: int, timeout
 
 
 def _scrape_histogram(netns: str) -> dict[str, float]:
-    code = ("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:10249/metrics',timeout=5).read().decode())")
-    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], capture_output=True, text=True).stdout
+    code = ("import urllib.request;"
+            "print(urllib.request.urlopen('http://127.0.0.1:10249/metrics',timeout=5).read().decode())")
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                         capture_output=True, text=True).stdout
     values = {}
     for line in out.splitlines():
         if line.startswith("kubeproxy_network_programming_duration_seconds"):

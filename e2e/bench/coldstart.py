@@ -104,7 +104,8 @@ def timed_cold_start(manifests: Path, tree: Path = THIS_TREE) -> tuple[float, Tr
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
-            raise RuntimeError(f"nftproxy run --once failed ({proc.returncode}): {err.read().decode(errors='replace')[-2000:]}")
+            tail = err.read().decode(errors='replace')[-2000:]
+            raise RuntimeError(f"nftproxy run --once failed ({proc.returncode}): {tail}")
     return seconds, memory
 
 

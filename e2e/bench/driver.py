@@ -38,7 +38,8 @@ def describe_machine() -> dict[str, str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
     commit = ""
     if (REPO_ROOT / ".git").exists():
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True)
         dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True)
         if head.returncode == 0:
@@ -129,12 +130,14 @@ def run_bench(counts: list[int], endpoints: int, changes: int, output: str | Non
         subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
         # tagged as the namespace harness tags its own: a test session's cleanup removes nfp-* namespaces
         # whose `lo` alias names no live process, and would kill an untagged one mid-run
-        subprocess.run(["ip", "-n", ns, "link", "set", "dev", "lo", "alias", _owner_tag()], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "dev", "lo", "alias", _owner_tag()],
+                       check=True, capture_output=True)
         print(f"netns {ns} (deleted at the end)", flush=True)
         for n, probe in steps:
             per_step_changes = min(changes, max(1, n // 2))  # deletes and endpoint changes on distinct Services
             if per_step_changes < changes:
-                notes.append(f"{n} Services: {per_step_changes} changes per kind instead of {changes} (distinct Services)")
+                notes.append(f"{n} Services: {per_step_changes} changes per kind instead of {changes} "
+                             "(distinct Services)")
             started = time.perf_counter()
             res = _run_step(ns, n, endpoints, per_step_changes, extra)
             res["step_s"] = time.perf_counter() - started
@@ -145,8 +148,8 @@ def run_bench(counts: list[int], endpoints: int, changes: int, output: str | Non
             if not larger:
                 continue
             if n <= PROBE_SERVICES and res["cold_s"] > PROBE_LIMIT_S:
-                notes.append(f"stopped: cold sync at {n} Services took {res['cold_s']:.1f} s (> {PROBE_LIMIT_S:.0f} s); "
-                             f"not running {', '.join(map(str, larger))}")
+                notes.append(f"stopped: cold sync at {n} Services took {res['cold_s']:.1f} s "
+                             f"(> {PROBE_LIMIT_S:.0f} s); not running {', '.join(map(str, larger))}")
                 break
             # load, one cold start, one cold sync, one nft -f, the changes
             one_pass = res["step_s"] - res["repeat_s"] - res["start_section_s"] + res["start_runs_s"][0]
@@ -159,7 +162,8 @@ def run_bench(counts: list[int], endpoints: int, changes: int, output: str | Non
         rc = 130
     except (RuntimeError, subprocess.CalledProcessError, OSError) as err:
         detail = getattr(err, "stderr", None)
-        notes.append(f"error: {err}{(': ' + detail.decode(errors='replace').strip()) if isinstance(detail, bytes) else ''}")
+        more = (": " + detail.decode(errors="replace").strip()) if isinstance(detail, bytes) else ""
+        notes.append(f"error: {err}{more}")
         rc = 1
     finally:
         _delete_netns(ns)

@@ -270,7 +270,8 @@ def inside_main(args: argparse.Namespace) -> int:
         return 3
     ns = subprocess.run(["ip", "netns", "identify", str(os.getpid())], capture_output=True, text=True).stdout.strip()
     if not ns.startswith(NETNS_PREFIX):
-        print(f"[bench] refusing to measure: running in namespace {ns or '(unnamed)'}, not {NETNS_PREFIX}*", file=sys.stderr)
+        print(f"[bench] refusing to measure: running in namespace {ns or '(unnamed)'}, not {NETNS_PREFIX}*",
+              file=sys.stderr)
         return 3
     result = measure(args.services_one, args.endpoints, args.changes,
                      Path(args.profile) if args.profile else None, args.tracemalloc,

@@ -59,8 +59,8 @@ def measure(ns: str, services: int, endpoints: int, runs: int, manifests: Path) 
         else:
             raise RuntimeError("the agent exited before its first sync")
         out: dict[str, Any] = {"services": services, "endpoints": endpoints}
-        samples = [timed(ns, "explain", f"{cluster_ip(random.randrange(services))}:80", "--from", "100.64.0.7", "--json")
-                   for _ in range(runs)]
+        samples = [timed(ns, "explain", f"{cluster_ip(random.randrange(services))}:80", "--from", "100.64.0.7",
+                         "--json") for _ in range(runs)]
         out["explain"] = {"wall_s": statistics.median(w for w, _, _ in samples),
                           "cpu_s": statistics.median(c for _, c, _ in samples)}
         first = timed(ns, "status", "--json")

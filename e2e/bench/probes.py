@@ -85,7 +85,8 @@ def peak_rss_kib(argv: Sequence[str], stdin: Path | None = None) -> tuple[int, s
             wrapper, method = [sys.executable, "-S", "-c", code, str(out)], "python -S wrapper (floor ~11 MiB)"
         proc = subprocess.run([*wrapper, *argv], stdin=src, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:2000]}")
+            stderr = proc.stderr.decode(errors="replace")[:2000]
+            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {stderr}")
         return int(out.read_text().split()[-1]), method
 
 

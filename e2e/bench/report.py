@@ -76,16 +76,18 @@ def _start_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str
 
 
 def _baseline_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["Services", "Endpoints", "code", "parsing", "run --once", "ratio to nft -f", "nftproxy peak", "its nft peak",
-              "together"]
+    header = ["Services", "Endpoints", "code", "parsing", "run --once", "ratio to nft -f", "nftproxy peak",
+              "its nft peak", "together"]
     rows = []
     for r in results:
         if "base_start_s" not in r:
             continue
         for label, prefix in (("before (baseline)", "base_"), ("after (this tree)", "")):
-            rows.append([f"{r['services']:,}", str(r["endpoints"]), label, f"{r[prefix + 'parse_objects_per_s']:,.0f}/s",
+            rows.append([f"{r['services']:,}", str(r["endpoints"]), label,
+                         f"{r[prefix + 'parse_objects_per_s']:,.0f}/s",
                          f"{r[prefix + 'start_s']:.3f} s", f"{r[prefix + 'start_ratio']:.2f}x",
-                         f"{_mib(r[prefix + 'start_peak_self_kib']):.0f} MiB", f"{_mib(r[prefix + 'start_peak_nft_kib']):.0f} MiB",
+                         f"{_mib(r[prefix + 'start_peak_self_kib']):.0f} MiB",
+                         f"{_mib(r[prefix + 'start_peak_nft_kib']):.0f} MiB",
                          f"{_mib(r[prefix + 'start_peak_together_kib']):.0f} MiB"])
     return header, rows
 
@@ -97,7 +99,8 @@ def _cold_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     for r in results:
         rows.append([
             f"{r['services']:,}{' (probe)' if r['probe'] else ''}", str(r["endpoints"]), f"{r['elements']:,}",
-            f"{r['script_bytes'] / 2**20:.1f} MiB", str(len(r["cold_runs_s"])), f"{r['cold_s']:.3f} s", f"{r['nft_s']:.3f} s",
+            f"{r['script_bytes'] / 2**20:.1f} MiB", str(len(r["cold_runs_s"])), f"{r['cold_s']:.3f} s",
+            f"{r['nft_s']:.3f} s",
             f"{r['ratio']:.2f}x", f"{_mib(r['rss_steady_kib']):.0f} MiB", f"{_mib(r['peak_self_kib']):.0f} MiB",
             f"{_mib(r['nft_stdin_peak_kib']):.0f} MiB" if r["via_child"] else "(in-process)",
             f"{_mib(r['nft_peak_kib']):.0f} MiB",
@@ -125,7 +128,8 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     text_columns = {"Change", "code"}
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if h in text_columns else "---:" for h in header) + "|"]
+    align = "|".join(":---" if h in text_columns else "---:" for h in header)
+    out = ["| " + " | ".join(header) + " |", "|" + align + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
 
@@ -142,9 +146,11 @@ def render_text(results: list[dict[str, Any]], notes: list[str], machine: dict[s
     if results:
         parts += ["", "Cold start (nftproxy run --manifests DIR --once, process start to rules committed):",
                   _text_table(*_start_rows(results)),
-                  *(["", "Cold start, baseline checkout and this one in the same rounds:", _text_table(*_baseline_rows(results))]
+                  *(["", "Cold start, baseline checkout and this one in the same rounds:",
+                     _text_table(*_baseline_rows(results))]
                     if _baseline_rows(results)[1] else []),
-                  "", "Cold sync (full rebuild, table absent before each) and memory:", _text_table(*_cold_rows(results)),
+                  "", "Cold sync (full rebuild, table absent before each) and memory:",
+                  _text_table(*_cold_rows(results)),
                   "", "One-Service changes (latency of proxier.sync()):", _text_table(*_change_rows(results)),
                   "", "Targets:", *("  " + t for t in _targets(results))]
     parts += ["", *notes] if notes else []

@@ -66,7 +66,8 @@ def namespace_cluster_factory() -> Iterator[Callable[..., NamespaceCluster]]:
 
 
 @pytest.fixture
-def namespace_cluster(request: pytest.FixtureRequest, namespace_cluster_factory: Callable[..., NamespaceCluster]) -> NamespaceCluster:
+def namespace_cluster(request: pytest.FixtureRequest,
+                      namespace_cluster_factory: Callable[..., NamespaceCluster]) -> NamespaceCluster:
     """A fresh cluster per test; kwargs may be given via indirect parametrization."""
     kwargs = getattr(request, "param", None) or {}
     return namespace_cluster_factory(**kwargs)

@@ -95,7 +95,8 @@ class KubeTarget(Target):
         self._namespace_created = True
         try:
             # Pods cannot be created before the namespace's default ServiceAccount exists
-            self._poll(lambda: self._exists(lambda: self.core.read_namespaced_service_account("default", self.namespace)),
+            self._poll(lambda: self._exists(
+                           lambda: self.core.read_namespaced_service_account("default", self.namespace)),
                        60.0, "the namespace's default ServiceAccount")
         except BaseException:
             self.close()
@@ -124,7 +125,8 @@ class KubeTarget(Target):
             self._nodes.append(node.metadata.name)
             self._addresses[node.metadata.name] = (v4 or internal)[0]
         if len(self._nodes) < 2:
-            raise RuntimeError(f"the scenarios need two ready, schedulable nodes with an InternalIP; found {self._nodes}")
+            raise RuntimeError("the scenarios need two ready, schedulable nodes with an InternalIP; "
+                               f"found {self._nodes}")
 
     # -- the cluster -------------------------------------------------------- #
 

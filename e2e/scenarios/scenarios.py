@@ -30,8 +30,9 @@ def scenario(fn: Scenario) -> Scenario:
 
 
 def describe(fn: Scenario) -> str:
-    """The expected outcome: the docstring's first line."""
-    return (fn.__doc__ or "").strip().splitlines()[0]
+    """The expected outcome: the docstring's first paragraph, its lines joined into one."""
+    first = (fn.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in first.splitlines())
 
 
 # --------------------------------------------------------------------------- #
@@ -244,7 +245,8 @@ def nodeport_from_outside_is_masqueraded(target: Target) -> None:
 
 @scenario
 def external_ip(target: Target) -> None:
-    """An outside client reaches a Service's externalIP routed to a node, spread over both nodes' endpoints, masqueraded."""
+    """An outside client reaches a Service's externalIP routed to a node, spread over both nodes' endpoints,
+    masqueraded."""
     n1, n2 = two_nodes(target)
     with Workload(target, "extip") as w:
         backends = w.deploy(n1, n2)
@@ -308,7 +310,8 @@ def hairpin(target: Target) -> None:
 
 @scenario
 def external_traffic_policy_local_keeps_client_source(target: Target) -> None:
-    """eTP Local: NodePort traffic from outside stays on that node's endpoints with the client's address; none there: dropped."""
+    """eTP Local: NodePort traffic from outside stays on that node's endpoints with the client's address;
+    none there: dropped."""
     n1, n2 = two_nodes(target)
     with Workload(target, "etplocal") as w, Workload(target, "etpone") as one:
         b1, b2 = w.deploy(n1, n2)
@@ -349,7 +352,8 @@ def session_affinity_client_ip(target: Target) -> None:
 
 @scenario
 def load_balancer_source_ranges(target: Target) -> None:
-    """loadBalancerSourceRanges: a client in the ranges reaches the LB IP; ranges without it drop it, its NodePort stays open."""
+    """loadBalancerSourceRanges: a client in the ranges reaches the LB IP; ranges without it drop it,
+    its NodePort stays open."""
     n1, n2 = two_nodes(target)
     with Workload(target, "ranges") as w:
         backends = w.deploy(n1, n2)
@@ -364,7 +368,8 @@ def load_balancer_source_ranges(target: Target) -> None:
 
 @scenario
 def udp_service(target: Target) -> None:
-    """UDP: a pod's datagrams to a ClusterIP spread over both nodes' endpoints with its own address; the NodePort answers."""
+    """UDP: a pod's datagrams to a ClusterIP spread over both nodes' endpoints with its own address;
+    the NodePort answers."""
     n1, n2 = two_nodes(target)
     with Workload(target, "udp") as w:
         backends = w.deploy(n1, n2)

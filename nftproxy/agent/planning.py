@@ -61,7 +61,8 @@ def plan_change(store: ObjectStore, committed: CommittedState, config: ProxyConf
         old_owner = owner_of(old) if old else None
         new_owner = owner_of(inputs) if inputs else None
         if old_owner == new_owner:
-            changes.append(Change(old_owner or "", fragment_of(old, config, old_zone), fragment_of(inputs, config, zone)))
+            changes.append(Change(old_owner or "", fragment_of(old, config, old_zone),
+                                  fragment_of(inputs, config, zone)))
         else:
             if old is not None:
                 changes.append(Change(old_owner or "", fragment_of(old, config, old_zone), EMPTY))

@@ -115,7 +115,8 @@ def lb_chain(kind: str, family: int, count: int, config: ProxyConfig) -> Chain:
     frontend = affinity.frontend(ipx)
     rules.append(affinity.steer(family))
     backends = sets.backends_map(kind, family, count, frontend, f"{ipx} daddr . th dport")
-    rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} map @{backends.name}")
+    rules.append(f"meta l4proto {{ tcp, udp, sctp }} dnat {ipx} to {frontend} . numgen random mod {count} "
+                 f"map @{backends.name}")
     plural = "s" if count != 1 else ""
     name = lb_chain_name(kind, family, count)
     return Chain(name, tuple(rules), f"{kind} frontends with {count} endpoint slot{plural}", (backends,),
@@ -127,7 +128,8 @@ def affinity_record_chain(family: int, timeout: int, names: AffinityNames = AFFI
     """Records client . frontend -> endpoint with a Service's timeout; expires entries whose endpoint left."""
     ipx = _IPX[family]
     frontend, key = names.frontend(ipx, original=True), names.key(family, original=True)
-    entries, valid, endpoint = f"@{names.entries.name(family)}", f"@{names.valid.name(family)}", f"{ipx} daddr . th dport"
+    entries, valid = f"@{names.entries.name(family)}", f"@{names.valid.name(family)}"
+    endpoint = f"{ipx} daddr . th dport"
     stored = endpoint if family == 4 else f"{ipx} daddr"  # IPv6: the port is the frontend's (see _HASH)
     rules = [CLEAR_CLASS]
     # the client's entry steered this connection to an endpoint that left: expire it, drop, the retry rebalances
@@ -142,4 +144,5 @@ def affinity_record_chain(family: int, timeout: int, names: AffinityNames = AFFI
     kind = "" if names.by_daddr else "NodePorts, "
     name = f"{names.record_chain}-v{family}-{timeout}"
     return Chain(name, tuple(rules), f"sessionAffinity ClientIP, {kind}timeout {timeout}s",
-                 entries=(Element(sets.AFFINITY_CLASSES.name, class_id(names.record_chain, family, timeout), "jump " + name),))
+                 entries=(Element(sets.AFFINITY_CLASSES.name, class_id(names.record_chain, family, timeout),
+                                  "jump " + name),))

@@ -31,7 +31,8 @@ class StaleFlows:
 Inputs = tuple[Service, tuple[EndpointSlice, ...]]
 
 
-def _udp_frontends(inputs: Inputs | None, config: ProxyConfig, zone: str | None) -> dict[tuple[int, str | None, int], set[tuple[str, int]]]:
+def _udp_frontends(inputs: Inputs | None, config: ProxyConfig,
+                   zone: str | None) -> dict[tuple[int, str | None, int], set[tuple[str, int]]]:
     """(family, address or None for NodePort, port) -> endpoints that frontend can send to."""
     out: dict[tuple[int, str | None, int], set[tuple[str, int]]] = {}
     if inputs is None:

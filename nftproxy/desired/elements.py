@@ -76,7 +76,8 @@ class Element(NamedTuple):
         if not self.key or _BREAKS_ITEM.search(self.key):
             raise InvalidNftObject(f"element key {self.key!r} of {self.set} cannot be written as nft text")
         if self.value is not None and (not self.value or _BREAKS_ITEM.search(self.value)):
-            raise InvalidNftObject(f"element value {self.value!r} of {self.set} {self.key} cannot be written as nft text")
+            raise InvalidNftObject(
+                f"element value {self.value!r} of {self.set} {self.key} cannot be written as nft text")
 
     @property
     def verdict_target(self) -> str | None:

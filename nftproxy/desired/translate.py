@@ -99,8 +99,8 @@ class _ExternalNames:
 
 EXTERNAL_IPS = _ExternalNames(sets.SERVICE_IPS, "external", "external-local", sets.EXTERNAL_SHORT_CIRCUIT, "short",
                               sets.EXTERNAL_LOCAL_DISPATCH, "local")
-NODE_PORTS = _ExternalNames(sets.SERVICE_NODEPORTS, "nodeport", "nodeport-local", sets.NODEPORT_SHORT_CIRCUIT, "npshort",
-                            sets.NODEPORT_LOCAL_DISPATCH, "nplocal")
+NODE_PORTS = _ExternalNames(sets.SERVICE_NODEPORTS, "nodeport", "nodeport-local",
+                            sets.NODEPORT_SHORT_CIRCUIT, "npshort", sets.NODEPORT_LOCAL_DISPATCH, "nplocal")
 
 
 def _external(b: _Builder, names: _ExternalNames, key: str, d: PortDecisions) -> None:

@@ -121,7 +121,8 @@ def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change], look
 
     changed = {c.owner for c in changes}
 
-    def value(owner: str, set_name: str, key: str, values: dict[tuple[str, str, str], tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
+    def value(owner: str, set_name: str, key: str,
+              values: dict[tuple[str, str, str], tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
         if is_shared(set_name):
             return (None, None)
         found = values.get((owner, set_name, key))
@@ -137,12 +138,14 @@ def plan(claims: ClaimsView, chains: ChainsView, changes: Sequence[Change], look
         shared = is_shared(set_name)  # shared by design, never a conflict, never a value
         if not shared:
             for loser in now[1:]:
-                result.conflicts.append(Conflict(loser, now[0], Element(set_name, key, *value(loser, set_name, key, new_values))))
+                lost = Element(set_name, key, *value(loser, set_name, key, new_values))
+                result.conflicts.append(Conflict(loser, now[0], lost))
         old_winner = before[0] if before else None
         new_winner = now[0] if now else None
         if old_winner is None and new_winner is None:
             continue
-        old_val = value(old_winner, set_name, key, old_values) if old_winner is not None and old_winner in changed else None
+        old_val = (value(old_winner, set_name, key, old_values)
+                   if old_winner is not None and old_winner in changed else None)
         if old_winner is not None and old_winner not in changed:
             if old_winner == new_winner:
                 continue  # an unchanged owner still holds it

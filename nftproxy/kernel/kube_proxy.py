@@ -56,7 +56,8 @@ def _iptables_tools() -> list[tuple[str, str]]:
     """(save, restore) pairs on this machine: kube-proxy may have used the nft or the legacy backend."""
     pairs = []
     for prefix in ("iptables", "ip6tables"):
-        variants = [v for v in ("-nft", "-legacy") if shutil.which(f"{prefix}{v}-save") and shutil.which(f"{prefix}{v}-restore")]
+        variants = [v for v in ("-nft", "-legacy")
+                    if shutil.which(f"{prefix}{v}-save") and shutil.which(f"{prefix}{v}-restore")]
         if not variants and shutil.which(f"{prefix}-save") and shutil.which(f"{prefix}-restore"):
             variants = [""]
         pairs += [(f"{prefix}{v}-save", f"{prefix}{v}-restore") for v in variants]

@@ -120,7 +120,8 @@ class NftablesKernel:
             try:
                 import nftables  # pip-nftables; needs Debian's libnftables1
             except ImportError as err:  # pragma: no cover - depends on the machine
-                raise KernelError(f"libnftables binding not importable ({err}); install pip-nftables and libnftables1") from err
+                raise KernelError(f"libnftables binding not importable ({err}); "
+                                  "install pip-nftables and libnftables1") from err
             try:
                 lib = nftables.Nftables()
             except OSError as err:

@@ -116,8 +116,8 @@ class AllocatorController:
         self._usage_due = False
         self._usage_at = float("-inf")
         self.allocator: Allocator | None = None
-        self.pending: dict[ObjectRef, str] = {}
-        self.foreign: set[ObjectRef] = set()  # Services whose status another controller writes  # refused Services -> why (the last Event said so)
+        self.pending: dict[ObjectRef, str] = {}  # refused Services -> why (the last Event said so)
+        self.foreign: set[ObjectRef] = set()  # Services whose status another controller writes
         self.inflight: dict[ObjectRef, StatusWrite] = {}
         self.skipped: dict[ObjectRef, str] = {}  # resourceVersion of an object not written for: same write in flight
         self.landed: dict[ObjectRef, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}  # see _write

@@ -190,7 +190,8 @@ class ClusterView:
         address = None
         status = obj.get("status")
         addresses = status.get("addresses") if isinstance(status, Mapping) else None
-        internal = [a.get("address") for a in addresses or () if isinstance(a, Mapping) and a.get("type") == "InternalIP"]
+        internal = [a.get("address") for a in addresses or ()
+                    if isinstance(a, Mapping) and a.get("type") == "InternalIP"]
         for text in internal:
             try:
                 address = str(parse_ip(text))

@@ -150,7 +150,8 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
     if svc_type == "ExternalName":
         return None
     if svc_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
-        raise check.fail("spec.type", f"unknown type {svc_type!r} (accepted: ClusterIP, NodePort, LoadBalancer, ExternalName)")
+        raise check.fail("spec.type",
+                         f"unknown type {svc_type!r} (accepted: ClusterIP, NodePort, LoadBalancer, ExternalName)")
 
     raw_ips = check.sequence(spec.get("clusterIPs"), "spec.clusterIPs") or (
         [spec["clusterIP"]] if spec.get("clusterIP") else []

@@ -21,7 +21,8 @@ def add_parsers(sub: Any) -> None:
     explain.add_argument("--log-format", choices=("plain", "json"), default="plain")
 
 
-    status = sub.add_parser("status", help="sync state, what the kernel holds, invalid objects, LB announcements, drift")
+    status = sub.add_parser("status",
+                            help="sync state, what the kernel holds, invalid objects, LB announcements, drift")
     status.add_argument("--agent", default=AGENT_URL,
                         help="the running agent's /status, on its --metrics-bind-address (default %(default)s)")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -137,8 +138,8 @@ def status_text(report: dict[str, Any]) -> str:
         if "error" in found:
             lines.append(f"  drift       not computed: {found['error']}")
         elif found.get("clean"):
-            lines.append(f"  drift       none (kernel and committed state agree; computed in {agent.get('drift_ms')} ms, "
-                         f"{agent.get('drift_cpu_ms')} ms CPU)")
+            lines.append(f"  drift       none (kernel and committed state agree; "
+                         f"computed in {agent.get('drift_ms')} ms, {agent.get('drift_cpu_ms')} ms CPU)")
         else:
             lines.append("  drift       THE KERNEL DIFFERS from what the agent committed:")
             for kind in ("missing", "unexpected"):

@@ -351,8 +351,9 @@ def _unserved(view: TableView, pkt: Packet, key: list[str], sources: list[_Sourc
                 label, "reject", False, notes=(f"{pkt.proto}/{pkt.port} is not a port of this ClusterIP's Service",)),))
         cidrs = [text for text, _ in view.keys(sets.SERVICE_CIDRS.name(f))]
         if cidrs and _contains(cidrs, pkt.dest):
+            note = f"no Service holds this address of the service CIDR ({', '.join(cidrs)})"
             return Explanation(_dest(pkt), pkt.proto, pkt.source, None, None, (Outcome(
-                label, "drop", False, notes=(f"no Service holds this address of the service CIDR ({', '.join(cidrs)})",)),))
+                label, "drop", False, notes=(note,)),))
     return Explanation(_dest(pkt), pkt.proto, pkt.source, None, None, (Outcome(
         label, "accept", False, notes=("not ours: no Service frontend, nftproxy leaves it alone",)),))
 
@@ -388,6 +389,7 @@ def to_text(exp: Explanation) -> str:
             width = max(len(f"{c.address}:{c.port}") for c in o.endpoints) + 2
             for c in o.endpoints:
                 where = f"[{c.address}]:{c.port}" if ":" in c.address else f"{c.address}:{c.port}"
-                lines.append(f"    {where:<{width}} {c.probability * 100:5.1f}%  ({c.slots} slot{'s' if c.slots != 1 else ''})")
+                plural = "s" if c.slots != 1 else ""
+                lines.append(f"    {where:<{width}} {c.probability * 100:5.1f}%  ({c.slots} slot{plural})")
         lines += [f"    - {note}" for note in o.notes]
     return "\n".join(lines) + "\n"

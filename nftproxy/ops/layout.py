@@ -164,7 +164,8 @@ class Codec:
             word = _VERDICTS.get(data.code, str(data.code))
             return f"{word} {data.chain}" if data.chain else word
         multi = len(self.data_types) > 1
-        return " . ".join(_render(k, raw) for k, raw in zip(self.data_types, _fields(list(self.data_types), data, multi)))
+        fields = _fields(list(self.data_types), data, multi)
+        return " . ".join(_render(k, raw) for k, raw in zip(self.data_types, fields))
 
     def encode(self, fields: list[str], prefix: bool = False) -> bytes:
         """A key for an exact lookup, from its fields as text (`["198.19.0.10", "tcp", "80"]`); with

@@ -31,7 +31,8 @@ _SET_DESC, _SET_USERDATA = 9, 13
 _SET_DESC_CONCAT, _SET_FIELD_LEN = 2, 1
 _ELEM_LIST_TABLE, _ELEM_LIST_SET, _ELEM_LIST_ELEMENTS = 1, 2, 3
 _LIST_ELEM = 1
-_ELEM_KEY, _ELEM_DATA, _ELEM_FLAGS, _ELEM_TIMEOUT, _ELEM_EXPIRATION, _ELEM_USERDATA, _ELEM_KEY_END = 1, 2, 3, 4, 5, 6, 10
+_ELEM_KEY, _ELEM_DATA, _ELEM_FLAGS, _ELEM_TIMEOUT = 1, 2, 3, 4
+_ELEM_EXPIRATION, _ELEM_USERDATA, _ELEM_KEY_END = 5, 6, 10
 _DATA_VALUE, _DATA_VERDICT = 1, 2
 _VERDICT_CODE, _VERDICT_CHAIN = 1, 2
 _RULE_TABLE, _RULE_CHAIN, _RULE_EXPRESSIONS = 1, 2, 4
@@ -173,7 +174,10 @@ def parse_elements(buf: bytes, comments: bool = True) -> list[RawElement]:
                     key_end = value
             elif kind == _ELEM_DATA:
                 inner, inner_kind = unpack("=HH", buf, p + 4)
-                data = buf[p + 8:p + 4 + inner] if inner_kind & _NLA_TYPE_MASK == _DATA_VALUE else _data(buf[p + 4:p + alen])
+                if inner_kind & _NLA_TYPE_MASK == _DATA_VALUE:
+                    data = buf[p + 8:p + 4 + inner]
+                else:
+                    data = _data(buf[p + 4:p + alen])
             elif kind == _ELEM_USERDATA and comments:
                 comment = comment_of(buf[p + 4:p + alen])
             elif kind == _ELEM_FLAGS:

@@ -61,7 +61,10 @@ def _read(reader: NetlinkReader, table: str, generation: int, with_keys: bool) -
         codec = Codec.of(info)
         if base in _FRONTENDS or info.flags & SET_INTERVAL or name in DISPATCH_MAPS:
             elements = reader.elements(table, name, comments=base in _FRONTENDS)
-            snap.keys[name] = [text for text, _ in codec.intervals(elements)] if base in _CONFIG else codec.keys(elements)
+            if base in _CONFIG:
+                snap.keys[name] = [text for text, _ in codec.intervals(elements)]
+            else:
+                snap.keys[name] = codec.keys(elements)
             if base in _FRONTENDS:
                 snap.comments[name] = [el.comment or "" for el in elements]
             if name in DISPATCH_MAPS:

@@ -95,7 +95,8 @@ def table_block(skeleton: str, family: str, table: str) -> TableBlock:
     for before, opened, closed in _blocks(skeleton, loose_ok=False):
         header = " ".join(_uncommented(before).split())
         if header != f"table {family} {table}":
-            raise SkeletonError(f"the skeleton may only hold `table {family} {table} {{ }}` blocks, not {header[:80]!r}")
+            raise SkeletonError(
+                f"the skeleton may only hold `table {family} {table} {{ }}` blocks, not {header[:80]!r}")
         body = skeleton[opened + 1 : closed]
         bodies.append(body)
         for inner_before, inner_open, inner_close in _blocks(body, loose_ok=True):

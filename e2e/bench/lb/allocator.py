@@ -170,7 +170,8 @@ def run_allocator(kubeconfig: str | None, standin_inprocess: bool, workdir: str,
     cyclic_garbage = gc.collect()  # what freezing kept from the collector, had it been garbage
     stats = {"status_writes": agent.controller.writes, "pending": len(agent.controller.pending),
              "inflight": len(agent.controller.inflight), "responder_sets": responder.sets,
-             "queue_left": agent.queue.qsize(), "peaks": peaks, "gc": {**gc_pauses.summary(), "garbage_after_unfreeze": cyclic_garbage}}
+             "queue_left": agent.queue.qsize(), "peaks": peaks,
+             "gc": {**gc_pauses.summary(), "garbage_after_unfreeze": cyclic_garbage}}
     print("stats " + json.dumps(stats), flush=True)
     if api is not None:
         api.stop()
