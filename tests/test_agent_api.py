@@ -158,7 +158,8 @@ def test_api_down_leaves_rules_and_traffic_then_the_agent_catches_up(world: ApiW
         svc = world.core.create_namespaced_service("default", {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "late"},
             "spec": {"ports": [{"name": "http", "port": 80}]}})
-        world.discovery.create_namespaced_endpoint_slice("default", endpoint_slice("late", [world.web[1].ip], name="late-slice"))
+        world.discovery.create_namespaced_endpoint_slice(
+            "default", endpoint_slice("late", [world.web[1].ip], name="late-slice"))
         time.sleep(1.0)
         assert world.landed(svc.spec.cluster_ip, 1) == {"error:timeout": 1}
         assert "API server unreachable" in world.agents[0].log_text()
@@ -211,7 +212,8 @@ def test_invalid_service_gets_an_event_and_the_others_keep_working(world: ApiWor
     messages: list[str] = []
     while time.time() < deadline:
         events = world.core.list_namespaced_event("default").items
-        messages = [e.message for e in events if e.involved_object.name == "broken" and e.involved_object.kind == "Service"]
+        messages = [e.message for e in events
+                    if e.involved_object.name == "broken" and e.involved_object.kind == "Service"]
         if messages:
             break
         time.sleep(0.2)
@@ -221,7 +223,8 @@ def test_invalid_service_gets_an_event_and_the_others_keep_working(world: ApiWor
 
 def test_health_and_metrics_endpoints(world: ApiWorld) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 0.5))
-    ip = world.create("observed", [world.web[0]], annotations={"endpoints.kubernetes.io/last-change-trigger-time": stamp})
+    ip = world.create("observed", [world.web[0]],
+                      annotations={"endpoints.kubernetes.io/last-change-trigger-time": stamp})
     assert world.landed(ip, 1) == {"web-1": 1}
     status, body = world.http_get(0, "http://127.0.0.1:10256/healthz")
     assert status == 200 and json.loads(body)["lastUpdated"]

@@ -32,7 +32,8 @@ def api() -> Iterator[ApiServerStandin]:
                 "spec": {"clusterIP": f"198.19.0.{i + 1}", "ports": [{"port": 80}]}})
             server.put_raw("endpointslices.discovery.k8s.io", {
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": f"svc-{i:02d}-x", "namespace": ns, "labels": {"kubernetes.io/service-name": f"svc-{i:02d}"}},
+                "metadata": {"name": f"svc-{i:02d}-x", "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": f"svc-{i:02d}"}},
                 "addressType": "IPv4", "endpoints": [{"addresses": [f"198.18.0.{i + 1}"]}]})
         yield server
 
@@ -87,7 +88,8 @@ def test_writes_between_pages_and_at_a_revision(api: ApiServerStandin) -> None:
 
     def write() -> None:
         k = next(counter)
-        api.put_raw("services", {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"new-{k}", "namespace": "a"},
+        api.put_raw("services", {"apiVersion": "v1", "kind": "Service",
+                                 "metadata": {"name": f"new-{k}", "namespace": "a"},
                                  "spec": {"clusterIP": f"198.19.1.{k + 1}", "ports": [{"port": 80}]}})
         api.delete_raw("services", f"svc-{k:02d}", "abc"[k % 3])
 

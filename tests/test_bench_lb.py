@@ -154,7 +154,8 @@ def test_events_that_change_nothing_the_decision_reads_reuse_it(monkeypatch: Any
 
     parsed: list[str] = []
     real = module.parse_request
-    monkeypatch.setattr(module, "parse_request", lambda obj: parsed.append(obj["metadata"]["resourceVersion"]) or real(obj))
+    monkeypatch.setattr(module, "parse_request",
+                        lambda obj: parsed.append(obj["metadata"]["resourceVersion"]) or real(obj))
     ctl, view, writer = controller()
     see(ctl, view, service(1))
     see(ctl, view, service(2, "10.0.0.0"))  # our own writes coming back: nothing to parse or check again

@@ -147,7 +147,8 @@ def test_a_taken_health_port_stops_startup_with_a_clear_message(netns: str, tmp_
     manifest = tmp_path / "objs.yaml"
     write(manifest, [service("web", "198.19.0.10")])
     holder = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c",
-                               "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+                               "import socket,time; s=socket.socket(); "
+                               "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
                                "s.bind(('0.0.0.0', 10256)); s.listen(); print('ready', flush=True); time.sleep(30)"],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -45,7 +45,8 @@ def random_objects(rng: random.Random, count: int) -> list[dict[str, Any]]:
             addrs = [f"198.18.{129 + rng.randrange(2)}.{rng.randrange(2, 60)}" if fam == "IPv4"
                      else f"2001:db8:1::{rng.randrange(2, 60):x}" for _ in range(rng.randrange(0, 5))]
             sl = endpoint_slice(name, addrs, name=f"{name}-{k}", address_type=fam,
-                                ports=[{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}])
+                                ports=[{"name": "http", "port": 8080},
+                                       {"name": "dns", "port": 5353, "protocol": "UDP"}])
             for ep in sl["endpoints"]:
                 ep["zone"] = rng.choice(["a", "b"])
                 ep["hints"] = {"forZones": [{"name": ep["zone"]}]}

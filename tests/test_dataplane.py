@@ -58,7 +58,8 @@ def web_service(name: str, ip: str, pods: list[Pod], **spec: Any) -> list[dict[s
     objs = [service(name, ip, ports, **spec)]
     if pods:
         objs.append(endpoint_slice(name, [p.ip for p in pods],
-                                   ports=[{"name": p["name"], "port": 8080 if p.get("protocol", "TCP") == "TCP" else 5353,
+                                   ports=[{"name": p["name"],
+                                           "port": 8080 if p.get("protocol", "TCP") == "TCP" else 5353,
                                            "protocol": p.get("protocol", "TCP")} for p in ports]))
     return objs
 
@@ -150,8 +151,10 @@ def test_tcp_and_udp_on_the_same_port_go_to_their_own_endpoints(world: World) ->
     objs = [
         service("dns", "198.19.0.18", [{"name": "dns-tcp", "port": 53, "protocol": "TCP"},
                                        {"name": "dns-udp", "port": 53, "protocol": "UDP"}]),
-        endpoint_slice("dns", [world.web[0].ip], name="dns-tcp", ports=[{"name": "dns-tcp", "port": 8080, "protocol": "TCP"}]),
-        endpoint_slice("dns", [world.web[1].ip], name="dns-udp", ports=[{"name": "dns-udp", "port": 5353, "protocol": "UDP"}]),
+        endpoint_slice("dns", [world.web[0].ip], name="dns-tcp",
+                       ports=[{"name": "dns-tcp", "port": 8080, "protocol": "TCP"}]),
+        endpoint_slice("dns", [world.web[1].ip], name="dns-udp",
+                       ports=[{"name": "dns-udp", "port": 5353, "protocol": "UDP"}]),
     ]
     world.agents.apply("dns", objs)
     assert landed(world.cluster.probe(world.pod_client, "198.19.0.18", 53, proto="tcp", count=3)) == {"web-1": 3}

@@ -601,7 +601,8 @@ def test_container_has_net_admin_and_is_not_privileged(container: dict[str, Any]
     assert sc.get("runAsUser", 0) == 0, "added capabilities are effective for uid 0 only"
 
 
-def test_probes_hit_livez_and_healthz_on_the_healthz_port(container: dict[str, Any], agent_config: dict[str, Any]) -> None:
+def test_probes_hit_livez_and_healthz_on_the_healthz_port(container: dict[str, Any],
+                                                          agent_config: dict[str, Any]) -> None:
     _, port = parse_bind_address("healthzBindAddress", agent_config["healthzBindAddress"])
     assert port == 10256
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/healthz"), ("startupProbe", "/livez")):

@@ -83,8 +83,8 @@ def test_session_affinity_over_ipv6_on_every_frontend(world: World) -> None:
     n1 = cluster.nodes[0]
     world.agents.apply("sticky6", [
         service("sticky6", ["2001:db8:2::20"], [{"name": "http", "port": 80, "nodePort": 30091}], type="LoadBalancer",
-                ipFamilies=["IPv6"], externalIPs=["2001:db8::97"], status={"loadBalancer": {"ingress": [{"ip": "2001:db8::c9"}]}},
-                **affinity(60)),
+                ipFamilies=["IPv6"], externalIPs=["2001:db8::97"],
+                status={"loadBalancer": {"ingress": [{"ip": "2001:db8::c9"}]}}, **affinity(60)),
         endpoint_slice("sticky6", [p.ip6 for p in world.web], address_type="IPv6"),
         service("short6", ["2001:db8:2::21"], [{"name": "http", "port": 80, "nodePort": 30092}], type="NodePort",
                 ipFamilies=["IPv6"], **affinity(2)),

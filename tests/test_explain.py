@@ -213,7 +213,8 @@ def test_nothing_to_send_to(world: World) -> None:
 
 
 def test_session_affinity_pins_the_source(world: World) -> None:
-    spec: dict[str, Any] = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
+    spec: dict[str, Any] = {"sessionAffinity": "ClientIP",
+                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
     world.agents.apply("aff", [svc("aff", "198.19.2.8", **spec), endpoints_slice("aff", world.web)])
     world.cluster.add_route(world.outside, "198.19.2.8/32", world.n1.ip)
     before = explain(world.n1, "198.19.2.8:80", world.outside.ip)

@@ -126,7 +126,8 @@ SERVICE_PATHS = [
     ("spec", "publishNotReadyAddresses"), ("spec", "trafficDistribution"), ("kind",),
 ]
 SLICE_PATHS = [
-    ("metadata",), ("metadata", "name"), ("metadata", "namespace"), ("metadata", "labels"), ("metadata", "labels", LABEL),
+    ("metadata",), ("metadata", "name"), ("metadata", "namespace"),
+    ("metadata", "labels"), ("metadata", "labels", LABEL),
     ("metadata", "annotations"), ("metadata", "annotations", "nftproxy.io/weight"),
     ("metadata", "annotations", "endpoints.kubernetes.io/last-change-trigger-time"), ("addressType",), ("ports",),
     ("ports", 0), ("ports", 0, "port"), ("ports", 0, "name"), ("ports", 0, "protocol"), ("endpoints",),
@@ -196,7 +197,8 @@ def hostile_object(draw: st.DrawFn, n: int = 0) -> dict[str, Any]:
 
 
 @st.composite
-def worlds(draw: st.DrawFn, max_hostile: int = 12, min_hostile: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def worlds(draw: st.DrawFn, max_hostile: int = 12,
+           min_hostile: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(good objects, hostile objects)."""
     good: list[dict[str, Any]] = []
     for i in range(draw(st.integers(1, 4))):
@@ -452,7 +454,8 @@ class ApiAgent:
         self.watchers = [
             ResourceWatcher("Service", self.core.list_service_for_all_namespaces, self.updates, self.stop),
             ResourceWatcher("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces, self.updates, self.stop),
-            ResourceWatcher("Node", self.core.list_node, self.updates, self.stop, field_selector=f"metadata.name={NODE}"),
+            ResourceWatcher("Node", self.core.list_node, self.updates, self.stop,
+                            field_selector=f"metadata.name={NODE}"),
         ]
         self.thread = threading.Thread(target=self.loop.run, args=(self.stop,), daemon=True)
 
@@ -480,8 +483,9 @@ class ApiAgent:
         return Counter((e.involved_object.kind, e.involved_object.namespace, e.involved_object.name) for e in items)
 
 
+# seconds per draw (a server, threads): no shrinking by re-running
 @settings(max_examples=EXAMPLES // 100 or 4, deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=not EXAMPLES, database=None, phases=[hypothesis.Phase.generate])  # seconds per draw (a server, threads): no shrinking by re-running
+          derandomize=not EXAMPLES, database=None, phases=[hypothesis.Phase.generate])
 @given(worlds(min_hostile=6, max_hostile=16))
 def test_api_path_raw_objects_never_crash_and_each_refusal_is_one_event(world: tuple[list[Any], list[Any]]) -> None:
     from e2e.apiserver import ApiServerStandin

@@ -100,7 +100,8 @@ def test_help_and_no_test_harness_inside(engine: None) -> None:
     assert inside.stdout.split() == ["False", "False", "None", "True", "True"], inside.stderr
     for command in ("demo", "bench"):  # they run from a source checkout; here, a clear refusal
         refused = podman("run", "--rm", "--network=none", *DAEMONSET, "--entrypoint", "nftproxy", IMAGE, command)
-        assert refused.returncode == 2 and f"nftproxy {command} needs a source checkout" in refused.stderr, refused.stderr
+        assert refused.returncode == 2, refused.stderr
+        assert f"nftproxy {command} needs a source checkout" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr, refused.stderr
 
 

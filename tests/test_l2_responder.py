@@ -228,7 +228,8 @@ def test_duplicate_address_detection_is_answered_to_all_nodes_without_solicited(
     reaction = react(dad, OUR_MAC, HELD)
     assert reaction is not None and reaction.reply is not None
     na = split_na(reaction.reply)
-    assert (na["dst"], mac_text(na["eth_dst"]), na["flags"]) == (frames.ALL_NODES, "33:33:00:00:00:01", NA_FLAG_OVERRIDE)
+    assert (na["dst"], mac_text(na["eth_dst"]), na["flags"]) == (
+        frames.ALL_NODES, "33:33:00:00:00:01", NA_FLAG_OVERRIDE)
     assert na["checksum_ok"]
 
 
@@ -263,7 +264,8 @@ def test_advertisement_from_another_mac_for_a_held_address_is_a_conflict() -> No
     assert reaction is not None and reaction.reply is None and reaction.conflict == (V6, OTHER_MAC)
     (ours,) = frames.announcements(OUR_MAC, V6)
     assert react(ours, OUR_MAC, HELD) is None
-    no_option = ndp_frame(136, V6, frames.ALL_NODES, V6, OTHER_MAC, mac_bytes("33:33:00:00:00:01"), flags=NA_FLAG_OVERRIDE)
+    no_option = ndp_frame(136, V6, frames.ALL_NODES, V6, OTHER_MAC, mac_bytes("33:33:00:00:00:01"),
+                          flags=NA_FLAG_OVERRIDE)
     assert react(no_option, OUR_MAC, HELD).conflict == (V6, OTHER_MAC)  # type: ignore[union-attr]
     assert react(solicitation(), OUR_MAC, frozenset({V4})) is None
 
@@ -379,7 +381,8 @@ def conflict(interface, ip, mac):
 def carrier(interface, up):
     emit(event="carrier", interface=interface, carrier=up, t=time.monotonic())
 
-responder = L2Responder(on_conflict=conflict, schedule=[float(s) for s in sys.argv[1:]] or (0.0, 0.25, 0.5, 1.0, 2.0, 4.0))
+responder = L2Responder(on_conflict=conflict,
+                        schedule=[float(s) for s in sys.argv[1:]] or (0.0, 0.25, 0.5, 1.0, 2.0, 4.0))
 responder.start()
 watch = None
 emit(reply="ready")
@@ -392,7 +395,8 @@ for line in sys.stdin:
         took = time.perf_counter() - start
         emit(reply=op, took=took, announced={k: sorted(v) for k, v in responder.announced().items()})
     elif op == "stats":
-        stats = {f"{name} {ip}": [s.answered, s.announcements, s.conflicts] for (name, ip), s in responder.stats().items()}
+        stats = {f"{name} {ip}": [s.answered, s.announcements, s.conflicts]
+                 for (name, ip), s in responder.stats().items()}
         emit(reply=op, stats=stats, received=responder.frames_received(),
              announced={k: sorted(v) for k, v in responder.announced().items()})
     elif op == "watch":
@@ -490,7 +494,8 @@ class Speaker:
 
 
 def node_mac(node: Node) -> str:
-    out = subprocess.run(["ip", "-n", node.netns, "-j", "link", "show", "eth0"], capture_output=True, text=True, check=True)
+    out = subprocess.run(["ip", "-n", node.netns, "-j", "link", "show", "eth0"],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout)[0]["address"]
 
 
@@ -538,7 +543,8 @@ def wait_lladdr(client: Client, ip: str, mac: str, since: float, timeout: float)
 
 
 def joined_groups(node: Node) -> set[str]:
-    out = subprocess.run(["ip", "-n", node.netns, "maddr", "show", "dev", "eth0"], capture_output=True, text=True, check=True)
+    out = subprocess.run(["ip", "-n", node.netns, "maddr", "show", "dev", "eth0"],
+                         capture_output=True, text=True, check=True)
     return {line.split()[1] for line in out.stdout.splitlines() if line.strip().startswith("inet6")}
 
 
@@ -568,7 +574,9 @@ def speakers(lan: tuple[NamespaceCluster, Client]) -> Iterator[tuple[Speaker, Sp
 
 
 @pytest.mark.kernel
-def test_client_learns_the_responders_mac_over_arp_and_ndp(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_client_learns_the_responders_mac_over_arp_and_ndp(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     _, client = lan
     a, _b = speakers
     reply = a.set("198.18.0.200", "2001:db8::200")
@@ -583,18 +591,22 @@ def test_client_learns_the_responders_mac_over_arp_and_ndp(lan: tuple[NamespaceC
     # the kernel filter keeps ordinary traffic away from the responder
     before = a.call("stats")["received"]["eth0"]
     for _ in range(30):
-        subprocess.run(["ip", "netns", "exec", client.netns, "bash", "-c", f"echo x > /dev/udp/{a.node.ip}/9"], check=False)
+        subprocess.run(["ip", "netns", "exec", client.netns, "bash", "-c", f"echo x > /dev/udp/{a.node.ip}/9"],
+                       check=False)
     assert a.call("stats")["received"]["eth0"] - before < 10
 
 
 @pytest.mark.kernel
-def test_a_unicast_nud_probe_is_answered(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_a_unicast_nud_probe_is_answered(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     _, client = lan
     a, _b = speakers
     hold(client, a, "2001:db8::205")
     answered = a.stats()["eth0 2001:db8::205"][0]
     # PROBE sends a unicast NS to the cached MAC; only an answer makes the entry REACHABLE again
-    subprocess.run(["ip", "-n", client.netns, "neigh", "change", "2001:db8::205", "dev", "eth0", "nud", "probe"], check=True)
+    subprocess.run(["ip", "-n", client.netns, "neigh", "change", "2001:db8::205", "dev", "eth0", "nud", "probe"],
+                   check=True)
     deadline = time.monotonic() + 2
     while "REACHABLE" not in (neighbour(client, "2001:db8::205") or {}).get("state", []):
         assert time.monotonic() < deadline, neighbour(client, "2001:db8::205")
@@ -642,7 +654,9 @@ def test_only_the_holder_answers(lan: tuple[NamespaceCluster, Client], speakers:
 
 
 @pytest.mark.kernel
-def test_moving_an_address_updates_existing_client_entries_unasked(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_moving_an_address_updates_existing_client_entries_unasked(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     _, client = lan
     a, b = speakers
     ips = ("198.18.0.220", "2001:db8::220")
@@ -657,7 +671,9 @@ def test_moving_an_address_updates_existing_client_entries_unasked(lan: tuple[Na
 
 
 @pytest.mark.kernel
-def test_withdrawn_addresses_are_not_answered(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_withdrawn_addresses_are_not_answered(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     _, client = lan
     a, _b = speakers
     ips = ("198.18.0.230", "2001:db8::230")
@@ -671,7 +687,9 @@ def test_withdrawn_addresses_are_not_answered(lan: tuple[NamespaceCluster, Clien
 
 
 @pytest.mark.kernel
-def test_two_holders_of_one_address_report_each_other(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_two_holders_of_one_address_report_each_other(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     a, b = speakers
     ips = ("198.18.0.240", "2001:db8::240")
     a.set(*ips)
@@ -688,7 +706,9 @@ def test_two_holders_of_one_address_report_each_other(lan: tuple[NamespaceCluste
 
 
 @pytest.mark.kernel
-def test_carrier_watch_and_link_queries(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_carrier_watch_and_link_queries(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     cluster, _ = lan
     _a, b = speakers
     node = b.node
@@ -717,7 +737,9 @@ def test_carrier_watch_and_link_queries(lan: tuple[NamespaceCluster, Client], sp
 
 
 @pytest.mark.kernel
-def test_set_addresses_stays_fast_during_an_announcement_burst(lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker]) -> None:
+def test_set_addresses_stays_fast_during_an_announcement_burst(
+    lan: tuple[NamespaceCluster, Client], speakers: tuple[Speaker, Speaker],
+) -> None:
     a, _b = speakers
     many = [f"2001:db8::3:{i:x}" for i in range(300)] + [f"198.18.0.{i}" for i in range(150, 180)]
     a.set(*many)

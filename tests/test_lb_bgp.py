@@ -110,7 +110,8 @@ def test_bad_bgppeers_name_the_field(spec: dict[str, Any], field: str, words: st
 def test_bgpadvertisement_and_bfdprofile_fields() -> None:
     a = parse_bgp_advertisement(advert(aggregationLength=24, aggregationLengthV6=120, localPref=200,
                                        communities=["65000:100", "large:64512:1:2", "65000:100"],
-                                       ipAddressPools=["pub"], peers=["tor"], nodeSelectors=[{"matchLabels": {"x": "y"}}]))
+                                       ipAddressPools=["pub"], peers=["tor"],
+                                       nodeSelectors=[{"matchLabels": {"x": "y"}}]))
     assert (a.aggregation_length, a.aggregation_length_v6, a.local_pref) == (24, 120, 200)
     assert [str(c) for c in a.communities] == ["65000:100", "large:64512:1:2"]
     assert a.pools == ("pub",) and a.allows_peer("tor") and not a.allows_peer("other")
@@ -189,7 +190,8 @@ def test_an_aggregate_wider_than_the_pool_is_refused() -> None:
                   [parse_bgp_peer(peer())])
     assert routes(result) == {"tor": []}
     (problem,) = result.problems
-    assert problem.kind == "BGPAdvertisement" and "spec.aggregationLength" in problem.message and "small" in problem.message
+    assert problem.kind == "BGPAdvertisement"
+    assert "spec.aggregationLength" in problem.message and "small" in problem.message
 
 
 def test_sessions_carry_bfd_and_passwords_or_wait_for_them() -> None:
@@ -238,8 +240,9 @@ def test_rendered_configuration_is_what_bird_accepts(tmp_path: Path) -> None:
     assert f"protocol bgp {tor} {{" in text
     assert f"\troute {V4}/32 blackhole {{ bgp_community.add((65000,100)); bgp_large_community.add((64512,1,2)); }};" \
         in text, "LOCAL_PREF is not for eBGP"
-    assert "bgp_local_pref = 200;" in text and "graceful restart time 120;" in text and "bfd { min rx interval 100 ms;" \
-        in text and "graceful restart off;" in text and "neighbor 198.18.0.252 port 179 external;" in text
+    assert "bgp_local_pref = 200;" in text and "graceful restart time 120;" in text
+    assert "bfd { min rx interval 100 ms;" in text and "graceful restart off;" in text
+    assert "neighbor 198.18.0.252 port 179 external;" in text
     assert "protocol bfd nftproxy_bfd { }" in text and 'password "k3y";' in text and "kernel" not in text
     assert render(result, "198.18.0.11", ME) == text, "deterministic"
     assert "graceful restart time 30;" in render(result, "198.18.0.11", ME, restart_time=30)

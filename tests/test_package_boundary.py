@@ -105,8 +105,8 @@ class Runner:
         importlib.import_module("e2e.demo")
         __import__("e2e2")
 '''
-    assert find_test_bed_imports(source) == [(3, None, "e2e"), (8, "top", "e2e.netns"), (13, "inner", "e2e.bench.driver"),
-                                             (15, "run", "e2e.demo")]
+    assert find_test_bed_imports(source) == [(3, None, "e2e"), (8, "top", "e2e.netns"),
+                                             (13, "inner", "e2e.bench.driver"), (15, "run", "e2e.demo")]
 
 
 def test_the_wheel_holds_the_package_alone() -> None:
@@ -124,7 +124,8 @@ def test_demo_and_bench_without_the_test_bed_say_they_need_a_checkout(tmp_path: 
     code = ("import sys, importlib.util; sys.path[:0] = sys.argv[1:3]\n"
             "if importlib.util.find_spec('e2e'): sys.exit('e2e is importable: not the situation this checks')\n"
             "from nftproxy.cli import main; sys.exit(main(sys.argv[3:]))")
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(tmp_path), sysconfig.get_paths()["purelib"], command],
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(tmp_path), sysconfig.get_paths()["purelib"],
+                           command],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"nftproxy {command} needs a source checkout" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -184,7 +184,8 @@ FLOWS = [
     Flow("pod to eTP Local LB IP is short-circuited", "10.0.0.2", "1.2.3.4", 80, "10.180.0.2:80, 10.180.1.2:80"),
     Flow("pod to eTP Local NodePort is short-circuited", "10.0.0.2", NODE_IP, 3001, "10.180.0.2:80, 10.180.1.2:80"),
     Flow("node to eTP Local LB IP", NODE_IP, "1.2.3.4", 80, "10.180.0.2:80, 10.180.1.2:80", masq=True, hook="output"),
-    Flow("node to eTP Local NodePort", NODE_IP, NODE_IP, 3001, "10.180.0.2:80, 10.180.1.2:80", masq=True, hook="output"),
+    Flow("node to eTP Local NodePort", NODE_IP, NODE_IP, 3001, "10.180.0.2:80, 10.180.1.2:80", masq=True,
+         hook="output"),
     # NodePorts, externalIPs
     Flow("external to NodePort", "203.0.113.9", NODE_IP, 3003, "10.180.0.3:80", masq=True),
     Flow("node to NodePort", NODE_IP, NODE_IP, 3003, "10.180.0.3:80", masq=True, hook="output"),
@@ -439,7 +440,8 @@ def test_twin_load_balancer_source_ranges() -> None:
     p, world = _policies(), cluster()
     world.apply("fw", [
         p.svc("fw", "198.19.1.5", type="LoadBalancer", node_port=30105,
-              status={"loadBalancer": {"ingress": [{"ip": "198.18.0.212"}]}}, loadBalancerSourceRanges=[f" {OUTSIDE}/32 "]),
+              status={"loadBalancer": {"ingress": [{"ip": "198.18.0.212"}]}},
+              loadBalancerSourceRanges=[f" {OUTSIDE}/32 "]),
         p.slice_of("fw", [WEB[0]]),
     ])
     assert landed(world.trace("node-1", OUTSIDE, "198.18.0.212", 80), PODS) == {"web-1"}
@@ -493,7 +495,8 @@ def test_twin_terminating_endpoints_and_publish_not_ready() -> None:
 def test_twin_topology_hints_prefer_close() -> None:
     """Mirrors test_policies.py::test_topology_hints_prefer_close."""
     p, world = _policies(), cluster()
-    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": z}}}
+    nodes = [{"apiVersion": "v1", "kind": "Node",
+              "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": z}}}
              for n, z in ((N1, "zone-a"), (N2, "zone-b"))]
     hints = {"web-1": {"zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
              "web-3": {"zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
@@ -537,7 +540,8 @@ def test_twin_sctp_service() -> None:
     p, world = _policies(), cluster()
     sctp_pod = PodStub("sctp-1", N2, "198.18.130.3", "2001:db8:1:2::3")
     world.apply("sctp", [service("sctp", "198.19.1.10", [{"name": "s", "port": 99, "protocol": "SCTP"}]),
-                         {**p.slice_of("sctp", [sctp_pod]), "ports": [{"name": "s", "port": 9999, "protocol": "SCTP"}]}])
+                         {**p.slice_of("sctp", [sctp_pod]),
+                          "ports": [{"name": "s", "port": 9999, "protocol": "SCTP"}]}])
     t = world.trace("node-1", CLIENT.ip, "198.19.1.10", 99, "sctp")
     assert landed(t, PODS) == {"sctp-1"} and t.endpoints == {("198.18.130.3", 9999)}
 
@@ -621,8 +625,10 @@ def test_twin_tcp_and_udp_on_the_same_port_go_to_their_own_endpoints() -> None:
     world.apply("dns", [
         service("dns", "198.19.0.18", [{"name": "dns-tcp", "port": 53, "protocol": "TCP"},
                                        {"name": "dns-udp", "port": 53, "protocol": "UDP"}]),
-        endpoint_slice("dns", [WEB[0].ip], name="dns-tcp", ports=[{"name": "dns-tcp", "port": 8080, "protocol": "TCP"}]),
-        endpoint_slice("dns", [WEB[1].ip], name="dns-udp", ports=[{"name": "dns-udp", "port": 5353, "protocol": "UDP"}]),
+        endpoint_slice("dns", [WEB[0].ip], name="dns-tcp",
+                       ports=[{"name": "dns-tcp", "port": 8080, "protocol": "TCP"}]),
+        endpoint_slice("dns", [WEB[1].ip], name="dns-udp",
+                       ports=[{"name": "dns-udp", "port": 5353, "protocol": "UDP"}]),
     ])
     assert landed(world.trace("node-1", CLIENT.ip, "198.19.0.18", 53), PODS) == {"web-1"}
     udp = world.trace("node-1", CLIENT.ip, "198.19.0.18", 53, "udp")
@@ -676,7 +682,8 @@ def test_twin_dual_stack_service_over_ipv4_and_ipv6() -> None:
         t = world.trace("node-2", OUTSIDE6, address, 80)
         assert landed(t, PODS6) == {"web-1", "web-2"} and t.masquerade, address
     # no endpoints over IPv6: rejected at once
-    world.apply("ds", [service("ds", ["198.19.0.10", "2001:db8:2::10"], [{"name": "http", "port": 80, "nodePort": 30090}],
+    world.apply("ds", [service("ds", ["198.19.0.10", "2001:db8:2::10"],
+                               [{"name": "http", "port": 80, "nodePort": 30090}],
                                type="NodePort", ipFamilies=["IPv4", "IPv6"]), v4_slice])
     assert landed(world.trace("node-1", CLIENT.ip6, "2001:db8:2::10", 80), PODS6) == {"error:refused"}
     assert landed(world.trace("node-1", CLIENT.ip, "198.19.0.10", 80), PODS) <= {"web-1", "web-2"}
@@ -688,8 +695,8 @@ def test_twin_session_affinity_over_ipv6_on_every_frontend() -> None:
     p, world = _policies(), cluster()
     world.apply("sticky6", [
         service("sticky6", ["2001:db8:2::20"], [{"name": "http", "port": 80, "nodePort": 30091}], type="LoadBalancer",
-                ipFamilies=["IPv6"], externalIPs=["2001:db8::97"], status={"loadBalancer": {"ingress": [{"ip": "2001:db8::c9"}]}},
-                **p.affinity(60)),
+                ipFamilies=["IPv6"], externalIPs=["2001:db8::97"],
+                status={"loadBalancer": {"ingress": [{"ip": "2001:db8::c9"}]}}, **p.affinity(60)),
         endpoint_slice("sticky6", [w.ip6 for w in WEB], address_type="IPv6"),
         service("short6", ["2001:db8:2::21"], [{"name": "http", "port": 80, "nodePort": 30092}], type="NodePort",
                 ipFamilies=["IPv6"], **p.affinity(2)),

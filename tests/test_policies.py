@@ -181,7 +181,8 @@ def test_session_affinity(world: World) -> None:
     # the endpoint a client sticks to goes away: the client is released to a live one
     client_ip = sources[0]
     gone = first[client_ip]
-    world.agents.apply("aff", [svc("aff", "198.19.1.4", **spec), slice_of("aff", [p for p in world.web if p.name != gone])])
+    world.agents.apply("aff", [svc("aff", "198.19.1.4", **spec),
+                               slice_of("aff", [p for p in world.web if p.name != gone])])
     got = landed(world.cluster.probe(world.outside, "198.19.1.4", 80, count=4, bind=client_ip, timeout=5.0))
     assert gone not in got and sum(got.values()) == 4 and len(got) == 1, got
     # affinity turned off: the same client spreads again at once (its entry no longer steers)
@@ -205,7 +206,8 @@ def add_addresses(cluster: NamespaceCluster, where: NetnsLike, ifname: str, addr
     for address in addresses:
         if f" {address}/" not in have:
             extra = ["nodad"] if ":" in address else []
-            cluster.exec(where, ["ip", "addr", "add", f"{address}/{64 if ':' in address else 24}", "dev", ifname, *extra])
+            prefix = 64 if ":" in address else 24
+            cluster.exec(where, ["ip", "addr", "add", f"{address}/{prefix}", "dev", ifname, *extra])
 
 
 def landed_from_each(cluster: NamespaceCluster, client: Client, sources: list[str], address: str, port: int,
@@ -227,7 +229,8 @@ def sticky_endpoints(cluster: NamespaceCluster, client: Client, sources: list[st
         for source, got in landed_from_each(cluster, client, sources, address, port, count).items():
             seen[source] += got
     for source, got in seen.items():
-        assert len(got) == 1 and next(iter(got)).startswith("web-"), f"{source} to {targets} sticks to one endpoint: {got}"
+        assert len(got) == 1 and next(iter(got)).startswith("web-"), \
+            f"{source} to {targets} sticks to one endpoint: {got}"
     chosen = {source: next(iter(got)) for source, got in seen.items()}
     assert len(set(chosen.values())) >= 2, f"different clients still spread: {chosen}"
     return chosen
@@ -295,7 +298,8 @@ def test_session_affinity_timeout_releases_clients(world: World) -> None:
 
 def test_load_balancer_source_ranges(world: World) -> None:
     world.agents.apply("fw", [
-        svc("fw", "198.19.1.5", type="LoadBalancer", node_port=30105, status={"loadBalancer": {"ingress": [{"ip": "198.18.0.212"}]}},
+        svc("fw", "198.19.1.5", type="LoadBalancer", node_port=30105,
+            status={"loadBalancer": {"ingress": [{"ip": "198.18.0.212"}]}},
             loadBalancerSourceRanges=[f" {world.outside.ip}/32 "]),
         slice_of("fw", [world.web[0]]),
     ])
@@ -357,7 +361,8 @@ def test_terminating_endpoints_and_publish_not_ready(world: World) -> None:
 
 
 def test_topology_hints_prefer_close(world: World) -> None:
-    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": z}}}
+    nodes = [{"apiVersion": "v1", "kind": "Node",
+              "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": z}}}
              for n, z in zip(world.cluster.nodes, ("zone-a", "zone-b"))]
     hints = {"web-1": {"zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
              "web-3": {"zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
@@ -409,5 +414,6 @@ def _sctp_supported() -> bool:
 def test_sctp_service(world: World) -> None:
     sctp_pod = world.cluster.add_pod(world.node(1), "sctp-1", tcp=(), udp=(), sctp=(9999,))
     world.agents.apply("sctp", [service("sctp", "198.19.1.10", [{"name": "s", "port": 99, "protocol": "SCTP"}]),
-                                {**slice_of("sctp", [sctp_pod]), "ports": [{"name": "s", "port": 9999, "protocol": "SCTP"}]}])
+                                {**slice_of("sctp", [sctp_pod]),
+                                 "ports": [{"name": "s", "port": 9999, "protocol": "SCTP"}]}])
     assert landed(world.cluster.probe(world.pod_client, "198.19.1.10", 99, proto="sctp", count=3)) == {"sctp-1": 3}

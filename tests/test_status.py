@@ -101,7 +101,8 @@ def test_agent_state_without_the_kernel() -> None:
                            last_result=SimpleNamespace(rebuild=False, operations=4, services_synced=1, seconds=0.002))
     health = SimpleNamespace(last_updated=0.0, oldest_pending=None)
     lb = SimpleNamespace(speaker=SimpleNamespace(stats=SimpleNamespace(announced={"eth0": frozenset({"192.0.2.9"})})),
-                         bgp=SimpleNamespace(summary=lambda: [{"peer": "metallb-system/r1", "prefixes": ["192.0.2.10/32"]}]))
+                         bgp=SimpleNamespace(
+                             summary=lambda: [{"peer": "metallb-system/r1", "prefixes": ["192.0.2.10/32"]}]))
     provider = StatusProvider(proxier, loop, health, lb)
     assert proxier.sync() == "synced" and provider.epoch == 2, "syncs are counted (odd while one runs)"
     state = provider.state()

@@ -61,7 +61,8 @@ def test_every_skeleton_set_gets_a_declaration() -> None:
 
 
 def test_table_block_refuses_what_cannot_go_inside_one_block() -> None:
-    ok = '# a "comment" with { braces\ntable inet t {\n\tset s { type ipv4_addr; comment "a } brace"; }\n\tcomment "x"\n}\n'
+    ok = ('# a "comment" with { braces\ntable inet t {\n\tset s { type ipv4_addr; comment "a } brace"; }\n'
+          '\tcomment "x"\n}\n')
     block = table_block(ok, "inet", "t")
     assert block.declarations == {"s": 'set s { type ipv4_addr; comment "a } brace";'}
     for bad in ("table inet t { }\nadd rule inet t c accept\n", "table ip other { }\n", "table inet t {\n",
@@ -94,8 +95,9 @@ def test_a_chains_entries_are_streamed_with_it() -> None:
     chain = Chain("lb-extra", ("accept",), entries=(entry,))
     text = "".join(rebuild_script([("a", [], [chain])], Rebuilt(), block, f"{FAMILY} {TABLE}"))
     after_chain = text[text.index("\tchain lb-extra {"):]
-    assert re.match(r"\tchain lb-extra \{\n\t\taccept\n\t\}\n\t" + re.escape(block.declarations[target])
-                    + r"\n\t\telements = \{\n\t198\.19\.0\.9 \. tcp \. 80 : goto lb-extra\n", after_chain), after_chain[:300]
+    expected = (r"\tchain lb-extra \{\n\t\taccept\n\t\}\n\t" + re.escape(block.declarations[target])
+                + r"\n\t\telements = \{\n\t198\.19\.0\.9 \. tcp \. 80 : goto lb-extra\n")
+    assert re.match(expected, after_chain), after_chain[:300]
 
 
 # --- against the kernel, in a throwaway namespace -----------------------------------------------------

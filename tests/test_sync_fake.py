@@ -35,16 +35,22 @@ def test_expected_ruleset_for_a_nodeport_service() -> None:
     assert kernel.dump() == sorted([
         "chain lb-cluster-v4-2 meta priority set none",
         "chain lb-cluster-v4-2 ip saddr != 198.18.128.0/17 meta mark set meta mark | 0x00004000",
-        "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-cluster-v4-2",
-        "chain lb-cluster-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
-        "chain lb-external-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
+        "chain lb-cluster-v4-2 meta l4proto { tcp, udp, sctp } "
+        "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-cluster-v4-2",
+        "chain lb-cluster-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 "
+        "meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
+        "chain lb-external-v4-2 ip daddr . meta l4proto . th dport @affinity-frontends-v4 "
+        "meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @affinity-v4",
         "chain lb-external-v4-2 meta priority set none",
         "chain lb-external-v4-2 meta mark set meta mark | 0x00004000",
-        "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-external-v4-2",
-        "chain lb-nodeport-v4-2 meta l4proto . th dport @affinity-nodeport-frontends-v4 meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . meta l4proto . th dport map @affinity-nodeports-v4",
+        "chain lb-external-v4-2 meta l4proto { tcp, udp, sctp } "
+        "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-external-v4-2",
+        "chain lb-nodeport-v4-2 meta l4proto . th dport @affinity-nodeport-frontends-v4 "
+        "meta l4proto { tcp, udp, sctp } dnat ip to ip saddr . meta l4proto . th dport map @affinity-nodeports-v4",
         "chain lb-nodeport-v4-2 meta priority set none",
         "chain lb-nodeport-v4-2 meta mark set meta mark | 0x00004000",
-        "chain lb-nodeport-v4-2 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport . numgen random mod 2 map @backends-nodeport-v4-2",
+        "chain lb-nodeport-v4-2 meta l4proto { tcp, udp, sctp } "
+        "dnat ip to meta l4proto . th dport . numgen random mod 2 map @backends-nodeport-v4-2",
         'element backends-cluster-v4-2 198.19.0.10 . tcp . 80 . 0 comment "shop/web:http" : 198.18.129.2 . 8080',
         'element backends-cluster-v4-2 198.19.0.10 . tcp . 80 . 1 comment "shop/web:http" : 198.18.129.3 . 8080',
         'element backends-external-v4-2 198.18.0.150 . tcp . 80 . 0 comment "shop/web:http" : 198.18.129.2 . 8080',
@@ -121,7 +127,8 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
         if svc_type == "LoadBalancer" and rng.random() < 0.7:
             extra["status"] = {"loadBalancer": {"ingress": [{"ip": f"198.18.0.{200 + rng.randrange(3)}"}]}}
             if rng.random() < 0.5:
-                extra["loadBalancerSourceRanges"] = rng.sample(["198.18.0.0/24", "198.18.0.101/32", "198.18.0.200/30"], 2)
+                extra["loadBalancerSourceRanges"] = rng.sample(
+                    ["198.18.0.0/24", "198.18.0.101/32", "198.18.0.200/30"], 2)
         if svc_type != "ClusterIP" and rng.random() < 0.3:
             extra["externalTrafficPolicy"] = "Local"
         if rng.random() < 0.2:
@@ -132,14 +139,17 @@ def _random_world(rng: random.Random, proxier: Proxier) -> None:
             extra["sessionAffinity"] = "ClientIP"
             extra["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": rng.choice([10, 60])}}
         ips = [f"198.19.0.{i + 1}"] + ([f"2001:db8:2::{i + 1:x}"] if rng.random() < 0.3 else [])
-        proxier.upsert(service(name, ips, ports, type=svc_type, creation=f"2026-01-{rng.randrange(1, 28):02d}T00:00:00Z", **extra))
+        proxier.upsert(service(name, ips, ports, type=svc_type,
+                               creation=f"2026-01-{rng.randrange(1, 28):02d}T00:00:00Z", **extra))
     elif roll < 0.75:
         fam = rng.choice(["IPv4", "IPv6"])
-        addrs = [f"198.18.{129 + rng.randrange(2)}.{rng.randrange(2, 8)}" if fam == "IPv4" else f"2001:db8:1::{rng.randrange(2, 8):x}"
+        addrs = [f"198.18.{129 + rng.randrange(2)}.{rng.randrange(2, 8)}" if fam == "IPv4"
+                 else f"2001:db8:1::{rng.randrange(2, 8):x}"
                  for _ in range(rng.randrange(0, 5))]
         slice_ = endpoint_slice(name, addrs, name=f"{name}-{fam.lower()}-{rng.randrange(2)}", address_type=fam,
                                 node=rng.choice([None, "node-1", "node-2"]),
-                                ports=[{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}])
+                                ports=[{"name": "http", "port": 8080},
+                                       {"name": "dns", "port": 5353, "protocol": "UDP"}])
         if rng.random() < 0.6:  # topology hints, used only when every endpoint has them
             for endpoint in slice_["endpoints"]:
                 endpoint["hints"] = {"forZones": [{"name": rng.choice(["zone-a", "zone-b"])}]}
@@ -213,12 +223,15 @@ def test_conflict_older_service_wins_and_loser_takes_over_when_it_goes(caplog: p
     with caplog.at_level(logging.WARNING):
         proxier.sync()
     owner = [line for line in kernel.dump() if "198.18.0.150 . tcp . 80 . 0" in line]
-    assert owner == ['element backends-external-v4-1 198.18.0.150 . tcp . 80 . 0 comment "default/old:http" : 198.18.129.2 . 8080']
-    assert "default/young wants service-ips-v4 198.18.0.150 . tcp . 80, already held by Service default/old" in caplog.text
+    assert owner == ['element backends-external-v4-1 198.18.0.150 . tcp . 80 . 0 comment "default/old:http" '
+                     ': 198.18.129.2 . 8080']
+    assert ("default/young wants service-ips-v4 198.18.0.150 . tcp . 80, already held by Service default/old"
+            in caplog.text)
     proxier.delete("Service", "default", "old")
     proxier.sync()
     owner = [line for line in kernel.dump() if "198.18.0.150 . tcp . 80 . 0" in line]
-    assert owner == ['element backends-external-v4-1 198.18.0.150 . tcp . 80 . 0 comment "default/young:http" : 198.18.129.9 . 8080']
+    assert owner == ['element backends-external-v4-1 198.18.0.150 . tcp . 80 . 0 comment "default/young:http" '
+                     ': 198.18.129.9 . 8080']
 
 
 def test_failed_transaction_keeps_state_and_next_sync_rebuilds() -> None:
@@ -306,7 +319,8 @@ def test_a_zone_change_moves_topology_hinted_traffic_and_flushes_its_udp_flows()
     def node(zone: str) -> dict:
         return {"kind": "Node", "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": zone}}}
 
-    slice_ = endpoint_slice("dns", ["198.18.129.2", "198.18.129.3"], ports=[{"name": "dns", "port": 5353, "protocol": "UDP"}])
+    slice_ = endpoint_slice("dns", ["198.18.129.2", "198.18.129.3"],
+                            ports=[{"name": "dns", "port": 5353, "protocol": "UDP"}])
     for endpoint, zone in zip(slice_["endpoints"], ("zone-a", "zone-b")):
         endpoint["hints"] = {"forZones": [{"name": zone}]}
     proxier.upsert(node("zone-a"))

@@ -96,7 +96,8 @@ def test_numgen_reports_every_endpoint_with_its_share() -> None:
 
 def test_skeleton_chains_come_from_the_skeleton_text_whether_the_kernel_lists_them_or_not() -> None:
     sets = kernel({}, svc={"10.96.0.1 . tcp . 80": "goto web"}, backends={"10.96.0.1 . 80 . 0": "10.0.1.1 . 8080"}).sets
-    only_dynamic = Kernel(sets=sets, chains={"web": ("dnat ip to ip daddr . th dport . numgen random mod 1 map @backends",)})
+    only_dynamic = Kernel(sets=sets,
+                          chains={"web": ("dnat ip to ip daddr . th dport . numgen random mod 1 map @backends",)})
     assert Tracer(only_dynamic, NODE, skeleton=SKELETON).trace(Packet("10.0.0.5", "10.96.0.1", "tcp", 80)).output \
         == "10.0.1.1:8080"
 
@@ -154,14 +155,17 @@ def test_interval_concatenations_and_negated_lookups() -> None:
 def test_jump_returns_goto_does_not() -> None:
     chains = {"services": ("jump a", "goto b", "drop"), "a": ("return", "drop"), "b": ("meta l4proto udp drop",)}
     t = tracer(kernel(chains))
-    assert t.trace(Packet("10.0.0.5", "10.0.0.9", "tcp", 1)).output == "ACCEPT", "b ends: back to the base chain's caller"
+    assert t.trace(Packet("10.0.0.5", "10.0.0.9", "tcp", 1)).output == "ACCEPT", \
+        "b ends: back to the base chain's caller"
     assert t.trace(Packet("10.0.0.5", "10.0.0.9", "udp", 1)).output == "DROP"
 
 
 def test_priority_classes_and_ct_status_dnat() -> None:
     chains = {
-        "services": ("meta priority set ip daddr . meta l4proto . th dport map @svc-class meta priority vmap @classes",),
-        "web": ("meta priority set none", "ct status dnat drop", "dnat ip to ip daddr . th dport map @backends", "drop"),
+        "services": ("meta priority set ip daddr . meta l4proto . th dport map @svc-class "
+                     "meta priority vmap @classes",),
+        "web": ("meta priority set none", "ct status dnat drop", "dnat ip to ip daddr . th dport map @backends",
+                "drop"),
     }
     k = kernel(chains, svc_class={"10.96.0.1 . tcp . 80": "4100:1"}, classes={"4100:1": "goto web"},
                backends={"10.96.0.1 . 80": "10.0.1.1 . 8080"})
@@ -198,12 +202,14 @@ def test_fib_local_and_the_output_hook() -> None:
 def test_affinity_updates_steer_later_connections_until_they_time_out() -> None:
     chains = {
         "services": ("ip daddr 10.96.0.1 goto web",),
-        "web": ("ip saddr . ip daddr . th dport @sticky meta l4proto tcp dnat ip to ip saddr . ip daddr . th dport map @sticky",
+        "web": ("ip saddr . ip daddr . th dport @sticky meta l4proto tcp "
+                "dnat ip to ip saddr . ip daddr . th dport map @sticky",
                 "dnat ip to ip daddr . th dport . numgen random mod 2 map @backends"),
         "nat-postrouting": ("ct status dnat ct original ip daddr 10.96.0.1 update @sticky { ct original ip saddr . "
                             "ct original ip daddr . ct original proto-dst timeout 10s : ip daddr . th dport }",),
     }
-    k = kernel(chains, sticky={}, backends={"10.96.0.1 . 80 . 0": "10.0.1.1 . 8080", "10.96.0.1 . 80 . 1": "10.0.1.2 . 8080"})
+    k = kernel(chains, sticky={},
+               backends={"10.96.0.1 . 80 . 0": "10.0.1.1 . 8080", "10.96.0.1 . 80 . 1": "10.0.1.2 . 8080"})
     t = tracer(k)
     packet = Packet("10.0.0.5", "10.96.0.1", "tcp", 80)
     first = t.trace(packet)
@@ -232,7 +238,8 @@ def test_jhash_is_opaque_but_equal_for_equal_inputs() -> None:
                             "ct original proto-dst timeout 5s : ip6 daddr }",),
     }
     k = kernel(chains, sticky={}, ports={"80": "8080"},
-               backends={"2001:db8:2::1 . 80 . 0": "2001:db8:1::a . 8080", "2001:db8:2::1 . 80 . 1": "2001:db8:1::b . 8080"})
+               backends={"2001:db8:2::1 . 80 . 0": "2001:db8:1::a . 8080",
+                         "2001:db8:2::1 . 80 . 1": "2001:db8:1::b . 8080"})
     t = tracer(k)
     packet = Packet("2001:db8::5", "2001:db8:2::1", "tcp", 80)
     assert t.trace(packet).output == "[2001:db8:1::a]:8080, [2001:db8:1::b]:8080"
