@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from ..objects.addresses import family_of_text
 from ..objects.model import EndpointSlice, Service, ServicePort
 from .endpoints import Backend, select
 
 
-@dataclass(frozen=True, slots=True)
-class FamilyFrontends:
+class FamilyFrontends(NamedTuple):
     """A Service's addresses in one IP family, each frontend address once: an externalIP equal to the
-    ClusterIP, or an LB IP also listed as externalIP, is one frontend."""
+    ClusterIP, or an LB IP also listed as externalIP, is one frontend. (Immutable tuples, like every
+    decision here: built for every Service of a rebuild, so built cheaply.)"""
 
     family: int
     cluster_ip: str
@@ -35,6 +35,9 @@ def family_frontends(svc: Service) -> list[FamilyFrontends]:
     out = []
     for cluster_ip in svc.cluster_ips:
         family = family_of_text(cluster_ip)
+        if not (svc.external_ips or svc.load_balancer_ips or svc.source_ranges):  # most Services
+            out.append(FamilyFrontends(family, cluster_ip, (), (), (), ()))
+            continue
         externals = tuple(a for a in svc.external_ips if family_of_text(a) == family and a != cluster_ip)
         all_lb = tuple(a for a in svc.load_balancer_ips if family_of_text(a) == family)
         lb_ips = tuple(a for a in all_lb if a != cluster_ip and a not in externals)
@@ -58,8 +61,7 @@ def port_comment(svc: Service, port: ServicePort) -> str:
     return f"{svc.ref}:{port.name or port.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class PortDecisions:
+class PortDecisions(NamedTuple):
     """Everything translation needs to know of one Service port in one family.
 
     A backends tuple left empty means that traffic has no endpoint on this path and is dropped (as
@@ -96,7 +98,8 @@ def decide_port(svc: Service, port: ServicePort, frontends: FamilyFrontends, sli
         family=frontends.family,
         comment=port_comment(svc, port),
         cluster_frontend=f"{frontends.cluster_ip} . {proto_port}",
-        external_frontends=tuple(f"{a} . {proto_port}" for a in (*frontends.external_ips, *frontends.lb_ips)),
+        external_frontends=tuple(f"{a} . {proto_port}" for a in (*frontends.external_ips, *frontends.lb_ips))
+        if frontends.external_ips or frontends.lb_ips else (),
         node_port=f"{port.protocol} . {port.node_port}" if port.node_port else None,
         firewalled=firewalled,
         allowed_sources=allowed,

@@ -33,9 +33,13 @@ class SetFamily:
     size: int | None = None
     shared: bool = False
     v6: SetDecl | None = field(default=None, compare=False)
+    names: dict[int, str] = field(init=False, repr=False, compare=False)  # by family: built once (hot path)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", {family: f"{self.base}-v{family}" for family in FAMILIES})
 
     def name(self, family: int) -> str:
-        return f"{self.base}-v{family}"
+        return self.names[family]
 
     def decl(self, family: int) -> SetDecl:
         if family == 6 and self.v6 is not None:

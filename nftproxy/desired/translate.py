@@ -44,7 +44,7 @@ class _Builder:
         self.hairpin: set[str] = set()
 
     def add(self, where: SetFamily, key: str, value: str | None = None, comment: str | None = None) -> None:
-        self.elements.append(_new(Element, (where.name(self.family), key, value, comment)))
+        self.elements.append(_new(Element, (where.names[self.family], key, value, comment)))
 
     def balance(self, kind: str, key: str, backends: tuple[Backend, ...], comment: str) -> str:
         """Backends elements for one frontend; returns the class that sends it to them, or the drop
