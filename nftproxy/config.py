@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from .objects.addresses import AddressError, IPNetwork, parse_cidr
+from .objects.addresses import AddressError, IPNetwork, family_of_text, parse_cidr
 
 
 class ConfigError(ValueError):
@@ -25,18 +25,14 @@ class ProxyConfig:
     masquerade_all: bool = False
 
     def cluster_cidr(self, family: int) -> str | None:
-        return next((c for c in self.cluster_cidrs if _family(c) == family), None)
+        return next((c for c in self.cluster_cidrs if family_of_text(c) == family), None)
 
     def service_cidrs_of(self, family: int) -> tuple[str, ...]:
-        return tuple(c for c in self.service_cidrs if _family(c) == family)
+        return tuple(c for c in self.service_cidrs if family_of_text(c) == family)
 
     def nodeport_cidrs_of(self, family: int) -> tuple[str, ...]:
-        mine = tuple(c for c in self.nodeport_cidrs if _family(c) == family)
+        mine = tuple(c for c in self.nodeport_cidrs if family_of_text(c) == family)
         return mine or (("0.0.0.0/0",) if family == 4 else ("::/0",))
-
-
-def _family(cidr: str) -> int:
-    return 6 if ":" in cidr else 4
 
 
 def parse_cidr_list(flag: str, text: str | list[str] | None, one_per_family: bool) -> tuple[str, ...]:

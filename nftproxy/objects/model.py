@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .addresses import family_of_text
+
 Protocol = Literal["tcp", "udp", "sctp"]
 Family = Literal[4, 6]
 PROTOCOLS: dict[str, Protocol] = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
@@ -54,7 +56,7 @@ class Service:
     weights: tuple[tuple[str, int], ...] = ()  # nftproxy.io/endpoint-weights: (endpoint IP or Pod name, weight)
 
     def families(self) -> tuple[int, ...]:
-        return tuple(sorted({6 if ":" in ip else 4 for ip in self.cluster_ips}))
+        return tuple(sorted({family_of_text(ip) for ip in self.cluster_ips}))
 
 
 @dataclass(frozen=True, slots=True)

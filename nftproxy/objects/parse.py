@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .addresses import AddressError, ip_text, parse_cidr
+from .addresses import AddressError, family_of_text, ip_text, parse_cidr
 from .model import (
     PROTOCOLS,
     Endpoint,
@@ -161,7 +161,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service | None:
     if not raw_ips:
         raise check.fail("spec.clusterIP", "missing (the API server allocates one; a manifest must name it)")
     cluster_ips = tuple(check.ip(ip, f"spec.clusterIPs[{i}]") for i, ip in enumerate(raw_ips))
-    families = [6 if ":" in ip else 4 for ip in cluster_ips]
+    families = [family_of_text(ip) for ip in cluster_ips]
     if len(set(families)) != len(families):
         raise check.fail("spec.clusterIPs", f"at most one address per family, got {list(cluster_ips)}")
     declared = check.sequence(spec.get("ipFamilies"), "spec.ipFamilies")
@@ -387,7 +387,7 @@ def _endpoint(check: _Checker, i: int, raw: Any, family: Family, address_type: s
         address = ip_text(addresses[0])
     except AddressError as err:
         raise check.fail(f"endpoints[{i}].addresses[0]", str(err)) from None
-    if (6 if ":" in address else 4) != family:
+    if family_of_text(address) != family:
         raise check.fail(f"endpoints[{i}].addresses[0]", f"{address} is not an {address_type} address")
     conditions = raw.get("conditions")
     if type(conditions) is not dict:
