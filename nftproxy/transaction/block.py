@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..desired.elements import Element, element_items
+from ..desired.elements import ELEMENTS_PER_STATEMENT, Element, element_items
 from ..diff.rebuild import Owned, Rebuilt, rebuild_pass
 
 _SET_HEADER = re.compile(r"^(set|map)\s+([\w-]+)$")
@@ -112,9 +112,9 @@ HEADER_TEMPLATE = "add table {target}\ndelete table {target}\ntable {target} {{\
 FOOTER = "}\n"
 
 
-def elements_block(declaration: str, elements: list[Element]) -> str:
-    """One batch of a set's elements: the set declared again, with them."""
-    return f"\t{declaration}\n\t\telements = {{\n\t{element_items(elements)}\n\t\t}}\n\t}}\n"
+def elements_block(declaration: str, items: str) -> str:
+    """A set's elements (rendered by element_items): the set declared again, with them."""
+    return f"\t{declaration}\n\t\telements = {{\n\t{items}\n\t\t}}\n\t}}\n"
 
 
 def rebuild_script(owned: Owned, out: Rebuilt, skeleton: TableBlock, target: str) -> Iterator[str]:
@@ -123,6 +123,7 @@ def rebuild_script(owned: Owned, out: Rebuilt, skeleton: TableBlock, target: str
     The first chunk is the header alone; `out` is complete once the last chunk has been taken.
     """
     declarations = dict(skeleton.declarations)
+    rendered: dict[str, tuple[list[str], int]] = {}  # per set: batches rendered, not yet sent, and how many
     yield HEADER_TEMPLATE.format(target=target)
     yield skeleton.body
     for item in rebuild_pass(owned, out):
@@ -130,7 +131,13 @@ def rebuild_script(owned: Owned, out: Rebuilt, skeleton: TableBlock, target: str
             set_name, elements = item
             if set_name not in declarations:
                 raise KeyError(f"no declaration of set {set_name} in the skeleton or in a chain")
-            yield elements_block(declarations[set_name], elements)
+            parts, count = rendered.get(set_name) or ([], 0)
+            parts.append(element_items(elements))
+            count += len(elements)
+            if count >= ELEMENTS_PER_STATEMENT:
+                yield elements_block(declarations[set_name], ",\n\t".join(parts))
+                parts, count = [], 0
+            rendered[set_name] = (parts, count)
             continue
         declarations.update((m.name, f"{m.kind} {m.name} {{ {m.body()}") for m in item.maps)
         yield item.block()
@@ -138,5 +145,8 @@ def rebuild_script(owned: Owned, out: Rebuilt, skeleton: TableBlock, target: str
         for el in item.entries:
             entries.setdefault(el.set, []).append(el)
         for set_name, elements in entries.items():
-            yield elements_block(declarations[set_name], elements)
+            yield elements_block(declarations[set_name], element_items(elements))
+    for set_name, (parts, count) in rendered.items():
+        if count:
+            yield elements_block(declarations[set_name], ",\n\t".join(parts))
     yield FOOTER
