@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import queue
 import signal
 import sys
@@ -148,6 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     sync = parse_duration("--sync-period", choose(args.sync_period, file.sync_period, DEFAULTS["sync_period"]))
     if sync <= 0:
         raise ConfigError("--sync-period: must be greater than 0")
+    if not math.isfinite(args.poll_interval) or args.poll_interval <= 0:  # argparse's float() takes nan, inf, -1
+        raise ConfigError("--poll-interval: must be a finite number of seconds greater than 0, "
+                          f"got {args.poll_interval}")
     return RunSettings(
         proxy=proxy,
         min_sync_period=min_sync,

@@ -608,6 +608,7 @@ def test_any_flags_are_taken_or_refused_cleanly(flags: dict[str, Any]) -> None:
     ["--sync-period", "nan"], ["--min-sync-period", "inf"], ["--sync-period", "1e400"],
     ["--metrics-bind-address", "127.0.0.1:²"], ["--healthz-bind-address", "[::]:٣٣"],
     ["--lb-heartbeat-timeout", "nan"], ["--lb-lease-duration", "inf"], ["--lb-handover", "inf"],
+    ["--poll-interval", "nan"], ["--poll-interval", "inf"], ["--poll-interval", "-1"], ["--poll-interval", "0"],
 ])
 def test_what_the_hunt_found_in_flags_is_a_config_error(argv: list[str]) -> None:
     """Found by the properties above: each passed (nan periods, an endless handover) or crashed with a
