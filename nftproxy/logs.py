@@ -7,6 +7,27 @@ import logging
 import sys
 import time
 
+# control characters a terminal or a line-based log reader would act on, written as escapes instead
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
+CONTINUATION = "\n    "  # how a message's second and later lines start
+
+
+def plain_text(text: str) -> str:
+    """Text as the plain format writes it: control characters escaped, later lines indented."""
+    return text.translate(_CONTROL).replace("\n", CONTINUATION)
+
+
+class PlainFormatter(logging.Formatter):
+    """One record, one entry a reader can trust: every line after the first is indented, so a name
+    holding a line break cannot fake a log line of its own, and control characters are escaped.
+    Multi-line messages (nft's own errors, tracebacks) stay readable."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return plain_text(super().format(record))
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -26,7 +47,7 @@ def setup_logging(fmt: str = "plain", level: int = logging.INFO) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
