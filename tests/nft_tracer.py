@@ -20,7 +20,8 @@ What it models (a NEW connection's first packet):
   run by priority; accept moves to the next, drop/reject end the packet, dnat/masquerade accept.
 - matches: ip/ip6 saddr/daddr (an IPv4 selector never matches an IPv6 packet, as nft's implicit
   `meta nfproto` dependency), meta l4proto/nfproto/mark/priority, th dport, ct original
-  ip/ip6 saddr/daddr and proto-dst (the tuple before DNAT), ct state new (always true: new
+  ip/ip6 saddr/daddr and proto-dst (the tuple before DNAT), ct reply ip/ip6 saddr and proto-src
+  (where the connection went: the destination after DNAT), ct state new (always true: new
   connections only), ct status dnat (true once this trace DNATed), fib saddr/daddr type local (the
   node's addresses and loopback), literals and CIDRs, anonymous sets, `@set` and `!= @set` over
   exact and interval elements (ipaddress ranges), concatenations with ` . `, `x & m == v`.
@@ -677,6 +678,8 @@ class _Parser:
             return (lambda st: ("new",)), "ctstate"
         if word == "status":
             return (lambda st: ("dnat",) if st.dnat is not None else ("none",)), "ctstatus"
+        if word == "reply":
+            return self.ct_reply()
         if word != "original":
             self.i -= 1
             raise self.fail("unknown ct expression")
@@ -694,6 +697,24 @@ class _Parser:
             return original, "addr"
         self.i -= 1
         raise self.fail("unknown ct original expression")
+
+    def ct_reply(self) -> tuple[Expr, str]:
+        """The reply tuple's source: where the connection went, i.e. the packet's destination once
+        DNAT rewrote it (conntrack sets the reply tuple when the NAT binding is made)."""
+        what = self.take()
+        if what == "proto-src":
+            return (lambda st: (st.dport,)), "int"
+        if what in ("ip", "ip6") and self.peek() == "saddr":
+            family = 4 if what == "ip" else 6
+            self.take()
+
+            def reply(st: _State) -> Value:
+                if st.family != family:
+                    raise _NoMatch(f"ct reply {what} saddr on IPv{st.family}")
+                return (st.daddr,)
+            return reply, "addr"
+        self.i -= 1
+        raise self.fail("unknown ct reply expression")
 
 
 def _selector(word: str, field_: str) -> Expr:

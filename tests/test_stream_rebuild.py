@@ -23,6 +23,7 @@ import pytest
 from e2e.bench.workload import original_addresses, service_object, slice_object
 from e2e.netns import require_root_and_netns
 from e2e.netns.cluster import _owner_tag
+from e2e.objects import endpoint_slice, service
 from nftproxy.agent.proxier import Proxier
 from nftproxy.config import ProxyConfig
 from nftproxy.desired.elements import Chain, Element
@@ -144,6 +145,27 @@ def test_streamed_rebuild_loads_what_the_statement_script_loads(netns: str, monk
     result = world(Proxier(CONFIG, kernel), 80, 5).sync()
     assert result.rebuild and result.script_bytes > 0
     assert by_object(listing(netns)) == by_object(expected)
+
+
+@pytest.mark.kernel
+def test_what_nft_lists_loads_back(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nft list table inet nftproxy > f; nft -f f` (a backup, a restore) must work for every kind of rule
+    nftproxy writes: the policy mix, and sessionAffinity over both families on every frontend kind."""
+    monkeypatch.setenv("NFTPROXY_BENCH_MIX", "policies")
+    proxier = world(Proxier(CONFIG, NftablesKernel(netns=netns)), 40, 3)
+    affinity = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
+    proxier.upsert(service("sticky", ["198.19.9.9", "2001:db8:9::9"], [{"name": "http", "port": 80, "nodePort": 30999}],
+                           type="LoadBalancer", externalIPs=["198.18.9.9"], **affinity))
+    proxier.upsert(endpoint_slice("sticky", ["100.64.9.2", "100.64.9.3"], name="sticky-v4"))
+    proxier.upsert(endpoint_slice("sticky", ["2001:db8:1::2", "2001:db8:1::3"], name="sticky-v6", address_type="IPv6"))
+    proxier.sync()
+    listed = listing(netns)
+    assert "affinity-record-v6-60" in listed and "affinity-nodeport-record-v4-60" in listed
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", FAMILY, TABLE], check=True)
+    load = subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=listed, capture_output=True,
+                          text=True)
+    assert load.returncode == 0, load.stderr[:3000]
+    assert by_object(listing(netns)) == by_object(listed)
 
 
 Loaded = tuple[NftablesKernel, str, list[str]]

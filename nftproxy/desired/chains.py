@@ -129,8 +129,11 @@ def affinity_record_chain(family: int, timeout: int, names: AffinityNames = AFFI
     ipx = _IPX[family]
     frontend, key = names.frontend(ipx, original=True), names.key(family, original=True)
     entries, valid = f"@{names.entries.name(family)}", f"@{names.valid.name(family)}"
-    endpoint = f"{ipx} daddr . th dport"
-    stored = endpoint if family == 4 else f"{ipx} daddr"  # IPv6: the port is the frontend's (see _HASH)
+    # where the connection went, read from conntrack's reply tuple rather than from the packet (`ip daddr
+    # . th dport`): nft 1.0.6 lists a rule that reads `th dport` without the `meta l4proto` it needs for
+    # `ct original proto-dst`, and then cannot load its own listing back (`nft list` | `nft -f`)
+    endpoint = f"ct reply {ipx} saddr . ct reply proto-src"
+    stored = endpoint if family == 4 else f"ct reply {ipx} saddr"  # IPv6: the port is the frontend's (see _HASH)
     rules = [CLEAR_CLASS]
     # the client's entry steered this connection to an endpoint that left: expire it, drop, the retry rebalances
     for proto in _PROTOCOLS:
