@@ -167,3 +167,22 @@ def test_a_deleted_slice_takes_its_local_endpoints_with_it() -> None:
     assert speaker.update() == {"eth0": frozenset({IP})}
     view.delete("EndpointSlice", "default", "web-1")
     assert speaker.update() == {} and speaker.decisions[WEB].node is None
+
+
+def test_an_interface_that_appears_later_is_found_without_another_change() -> None:
+    """The node's address is not on any interface yet (a boot race, DHCP): nothing can be announced. Once
+    it appears, the speaker finds it within a second, though nothing else changed."""
+    view = view_with_service()
+    responder = FakeResponder()
+    interfaces: list[str | None] = [None]
+    now = [100.0]
+    speaker = Speaker(WINNER, view, responder, lambda address: interfaces[0], Events(), clock=lambda: now[0])
+    speaker.set_live(frozenset(NODES))
+    speaker.set_committed(WEB, [IP])
+    assert speaker.update() == {}, "no interface holds the node's address yet"
+    view.changes.clear()
+    interfaces[0] = "eth0"
+    assert speaker.update() == {}, "not looked up again at once: the agent's loop turns every 50 ms"
+    now[0] += 1.0
+    assert speaker.update() == {"eth0": frozenset({IP})}
+    assert speaker.interface == "eth0"

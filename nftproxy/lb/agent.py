@@ -381,11 +381,6 @@ class LoadBalancerAgent:
             if peers != self._peers:
                 self._peers = peers
                 self.membership.set_peers(peers)
-            me = self.view.nodes.get(self.me)
-            interface = self.speaker.default_interface(me.address if me else None)
-            if interface != self._watched_interface and self.carrier_watch is not None:
-                self._watched_interface = interface
-                self.carrier_watch.set_interfaces([interface] if interface else [])
         if not self.leaving.is_set():
             self.membership.set_local(self._local_state())
         if self._want_leading and not self.controller.leading:
@@ -398,6 +393,10 @@ class LoadBalancerAgent:
             self.speaker.set_live(self.membership.eligible(), self.membership.settled())
             self.speaker.update()
             self.bgp.update()
+            interface = self.speaker.interface  # found by the speaker's turn, also when it appears late
+            if interface != self._watched_interface and self.carrier_watch is not None:
+                self._watched_interface = interface
+                self.carrier_watch.set_interfaces([interface] if interface else [])
         if self.dead_filter is not None and self.proxy_updates is not None:
             dead = frozenset(name for name, peer in self.membership.peers().items()
                              if not peer.alive and peer.last_heard is not None)

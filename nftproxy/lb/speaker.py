@@ -25,6 +25,7 @@ from .view import ClusterView
 
 log = logging.getLogger("nftproxy.lb.speaker")
 YIELD_SECONDS = 30.0  # how long a loser of a split brain stays back unless membership changes first
+LOOK_AGAIN_SECONDS = 1.0  # how often to look for the interface holding the node's address while none does
 
 
 class Responder(Protocol):
@@ -93,9 +94,15 @@ class Speaker:
         self.stats = SpeakerStats()
         self._interface: str | None = None
         self._interface_for: str | None = None
+        self._look_again_at = 0.0  # while no interface holds the node's address: when to look again
         self._dirty_all = True
         self._dirty: set[ObjectRef] = set()
         self._wanted: dict[str, frozenset[str]] = {}
+
+    @property
+    def interface(self) -> str | None:
+        """The interface announcements go out on by default: the one holding the node's address."""
+        return self._interface
 
     # --- inputs ---------------------------------------------------------------------------------
     def set_live(self, live: frozenset[str], settled: bool = True) -> None:
@@ -155,7 +162,10 @@ class Speaker:
         expired = [a for a, (_, until) in self.yielded.items() if until <= now]
         for address in expired:
             del self.yielded[address]
-        if not (changes.everything or changes.services or self._dirty_all or self._dirty or expired):
+        # no interface held the node's address (a boot race, DHCP): look again now and then, though
+        # nothing else changed, or what this node should announce would wait for an unrelated event
+        look_again = self._interface is None and bool(self._mine) and now >= self._look_again_at
+        if not (changes.everything or changes.services or self._dirty_all or self._dirty or expired or look_again):
             return self._wanted
         previous = self.decisions
         if changes.everything or self._dirty_all:
@@ -195,10 +205,12 @@ class Speaker:
     def _apply(self) -> dict[str, frozenset[str]]:
         me_info = self.view.nodes.get(self.me)
         address = me_info.address if me_info else None
+        now = self.clock()
         if address != self._interface_for or self._interface is None:
             self._interface, self._interface_for = self.default_interface(address), address
+            if self._interface is None:
+                self._look_again_at = now + LOOK_AGAIN_SECONDS
         wanted = wanted_on(self.me, self._mine.values(), self._interface)
-        now = self.clock()
         allowed = self._allowed
         out: dict[str, frozenset[str]] = {}
         for interface, addresses in wanted.items():
