@@ -88,6 +88,18 @@ def test_stream_is_one_block_holding_every_element_once() -> None:
     assert streamed == statements and len(streamed) > 250
 
 
+def test_a_streamed_rebuilds_record_is_never_sent() -> None:
+    """What a streamed rebuild leaves to count it holds the table's head but none of its elements: sent
+    as a script it would load an empty table, so neither a kernel nor render() takes it."""
+    proxier = world(Proxier(CONFIG, FakeKernel()), 5, 2)
+    pending = proxier.compute(stream=True)
+    assert pending.script is not None and pending.transaction.record_only
+    with pytest.raises(ValueError):
+        pending.transaction.render()
+    with pytest.raises(ValueError):
+        FakeKernel().apply(pending.transaction)
+
+
 def test_a_chains_entries_are_streamed_with_it() -> None:
     """Verdict elements a chain carries (leading to it) go into the block right after the chain."""
     block = table_block(skeleton_text(), FAMILY, TABLE)

@@ -1,7 +1,8 @@
 """What a sync sends: a plan of the changed Services' difference, or the whole table rebuilt.
 
-Every call into the translation (desired), the diff and the transaction is here: a change of their
-APIs changes this module only. Nothing here touches the kernel.
+Every call that plans a sync (translation, diff, transaction) is here: a change of those APIs changes
+this module, not the syncer. (The observers call desired's conntrack and health-check functions, and
+the committed state keeps diff's claims.) Nothing here touches the kernel.
 """
 
 from __future__ import annotations

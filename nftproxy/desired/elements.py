@@ -1,9 +1,11 @@
 """The nftables objects nftproxy writes, typed, each validating and rendering itself.
 
 Everything below the translation speaks these: the diff compares them, a transaction is a list of
-(verb, object), the in-memory kernel stores them, and every script nft reads is rendered by the
-methods here (one renderer: an element's text is written in exactly one place, `Element.item`).
-Rule bodies stay nft text (`Chain.rules`): nftproxy never takes a rule apart.
+(verb, object), the in-memory kernel stores them, and each object's nft text is rendered here (an
+element's in exactly one place, `element_items`, which `Element.item` uses too); transaction/ only
+frames them into statements or a table block. Rule bodies stay nft text (`Chain.rules`): nftproxy
+never takes a rule apart. (A rebuild's table block declares the skeleton's sets again from the
+skeleton's own text: rules/nftproxy.nft stays what the kernel loads.)
 """
 
 from __future__ import annotations

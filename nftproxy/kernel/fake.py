@@ -42,15 +42,16 @@ class _State:
     exists: bool = False
     sets: dict[str, dict[str, Element]] = field(default_factory=dict)
     chains: dict[str, Chain | None] = field(default_factory=dict)  # None: a skeleton chain
+    skeleton_elements: frozenset[tuple[str, str]] = frozenset()  # (set, key) the skeleton declares inline
 
     def copy(self) -> _State:
-        return _State(self.exists, {name: dict(elements) for name, elements in self.sets.items()}, dict(self.chains))
+        return _State(self.exists, {name: dict(elements) for name, elements in self.sets.items()}, dict(self.chains),
+                      self.skeleton_elements)
 
 
 class FakeKernel:
     def __init__(self) -> None:
         self._state = _State()
-        self.skeleton_elements: frozenset[tuple[str, str]] = frozenset()
         self.transactions: list[Transaction] = []
         self.fail_next: str | None = None
 
@@ -58,6 +59,10 @@ class FakeKernel:
     @property
     def table_exists(self) -> bool:
         return self._state.exists
+
+    @property
+    def skeleton_elements(self) -> frozenset[tuple[str, str]]:
+        return self._state.skeleton_elements
 
     @property
     def sets(self) -> dict[str, dict[str, tuple[str | None, str | None]]]:
@@ -79,6 +84,8 @@ class FakeKernel:
         if self.fail_next is not None:
             message, self.fail_next = self.fail_next, None
             raise KernelError(message)
+        if tx.record_only:
+            raise ValueError("a streamed rebuild's record is not a transaction to apply")
         state = self._state.copy()
         for verb, obj in tx.operations:
             self._apply(state, verb, obj)
@@ -102,6 +109,8 @@ class FakeKernel:
                 state.exists, state.sets, state.chains = False, {}, {}
             return
         if isinstance(obj, Skeleton):  # `table inet nftproxy { ... }`: creates the table if missing
+            if verb != "add":
+                raise ValueError("a skeleton is only ever added (a rebuild deletes the table to remove it)")
             state.exists = True
             self._load_skeleton(state, obj)
         elif not state.exists:
@@ -119,7 +128,8 @@ class FakeKernel:
         else:
             self._delete_element(state, obj)
 
-    def _load_skeleton(self, state: _State, skeleton: Skeleton) -> None:
+    @classmethod
+    def _load_skeleton(cls, state: _State, skeleton: Skeleton) -> None:
         for name in table_block(skeleton.text, FAMILY, TABLE).declarations:
             if name in state.sets:
                 raise KernelError(f"File exists: set {name}")
@@ -128,8 +138,8 @@ class FakeKernel:
             state.chains[name] = None
         static = _static_elements(skeleton.text)
         for el in static:
-            self._add_element(state, el)
-        self.skeleton_elements = frozenset(el.ident for el in static)
+            cls._add_element(state, el)
+        state.skeleton_elements = frozenset(el.ident for el in static)
 
     @staticmethod
     def _add_set(state: _State, decl: SetDecl) -> None:

@@ -3,7 +3,8 @@ whole or not at all.
 
 The order of the list is the order the kernel needs: the table and skeleton of a rebuild, then new
 chains (each with the maps it owns and the verdict elements leading to it), element deletes, element
-adds, old chains. Consecutive element operations on one set render as one statement.
+adds, old chains. Consecutive element operations on one set render as one statement per
+ELEMENTS_PER_STATEMENT elements.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Transaction:
     operations: list[Operation] = field(default_factory=list)
     # elements of a rebuild that went to the kernel as a stream, not held here (see transaction/block.py)
     streamed_elements: int = 0
+    # a streamed rebuild's record: it counts what the stream sent, but lacks its elements, so applying or
+    # rendering it would load a table without a single Service
+    record_only: bool = False
 
     @classmethod
     def from_plan(cls, plan: Plan) -> Transaction:
@@ -70,7 +74,7 @@ class Transaction:
     def streamed(cls, rebuilt: Rebuilt) -> Transaction:
         """What a streamed rebuild sent, for counting: its head and chains, and how many elements."""
         ops = rebuild_head() + [("add", ch) for ch in rebuilt.add_chains]
-        return cls(ops, rebuilt.element_count)
+        return cls(ops, rebuilt.element_count, record_only=True)
 
     @property
     def rebuild(self) -> bool:
@@ -84,6 +88,8 @@ class Transaction:
         return sum(isinstance(obj, (Chain, Element)) for _, obj in self.operations) + self.streamed_elements
 
     def render(self) -> str:
+        if self.record_only:
+            raise ValueError("a streamed rebuild's record cannot be rendered: its elements went by the stream")
         out: list[str] = []
         for (verb, kind), group in groupby(self.operations, key=lambda op: (op[0], type(op[1]))):
             if kind is Element:
