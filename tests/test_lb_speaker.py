@@ -186,3 +186,29 @@ def test_an_interface_that_appears_later_is_found_without_another_change() -> No
     now[0] += 1.0
     assert speaker.update() == {"eth0": frozenset({IP})}
     assert speaker.interface == "eth0"
+
+
+def test_a_failing_interface_lookup_is_retried_at_the_same_pace_not_every_turn() -> None:
+    view = view_with_service()
+    calls: list[float] = []
+    now = [100.0]
+
+    def lookup(address: str | None) -> str | None:
+        calls.append(now[0])
+        if len(calls) < 3:
+            raise OSError(105, "No buffer space available")
+        return "eth0"
+
+    speaker = Speaker(WINNER, view, FakeResponder(), lookup, Events(), clock=lambda: now[0])
+    speaker.set_live(frozenset(NODES))
+    speaker.set_committed(WEB, [IP])
+    assert speaker.update() == {}, "the lookup failed: nothing announced, and no exception out of the turn"
+    view.changes.clear()
+    for _ in range(19):  # the agent's loop turns every 50 ms
+        now[0] += 0.05
+        speaker.update()
+    assert len(calls) == 1, "looked up again only after LOOK_AGAIN_SECONDS"
+    now[0] += 0.1
+    assert speaker.update() == {} and len(calls) == 2
+    now[0] += 1.0
+    assert speaker.update() == {"eth0": frozenset({IP})} and len(calls) == 3

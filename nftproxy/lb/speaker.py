@@ -207,9 +207,14 @@ class Speaker:
         address = me_info.address if me_info else None
         now = self.clock()
         if address != self._interface_for or self._interface is None:
-            self._interface, self._interface_for = self.default_interface(address), address
-            if self._interface is None:
-                self._look_again_at = now + LOOK_AGAIN_SECONDS
+            self._look_again_at = now + LOOK_AGAIN_SECONDS  # if none is found, or the lookup fails
+            self._interface_for = address
+            try:
+                self._interface = self.default_interface(address)
+            except OSError as err:  # netlink refused the dump: as if none held it, looked for again later
+                log.warning("cannot tell which interface holds %s (%s): looking again in %.0f s",
+                            address, err, LOOK_AGAIN_SECONDS)
+                self._interface = None
         wanted = wanted_on(self.me, self._mine.values(), self._interface)
         allowed = self._allowed
         out: dict[str, frozenset[str]] = {}
