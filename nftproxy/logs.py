@@ -7,8 +7,11 @@ import logging
 import sys
 import time
 
-# control characters a terminal or a line-based log reader would act on, written as escapes instead
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (0x09, 0x0A)}
+# control characters a terminal or a line-based log reader would act on, written as escapes instead:
+# C0 and C1 (a terminal's CSI, NEL), DEL, and the Unicode line and paragraph separators (str.splitlines
+# breaks on those too)
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+_CONTROL |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
 CONTINUATION = "\n    "  # how a message's second and later lines start
 
 
